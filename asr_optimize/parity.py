@@ -1,0 +1,42 @@
+"""Parity between a candidate runner and the PyTorch fp32 reference on the same audio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel
+
+from asr_optimize.runners.base import Runner, transcribe
+
+
+class ParityReport(BaseModel):
+    """How far a backend's logits and transcripts are from the reference."""
+
+    utterances: int
+    max_abs_logit_diff: float
+    mean_abs_logit_diff: float
+    identical_transcripts: float  # fraction of utterances with exactly the reference transcript
+    passed: bool
+    atol: float
+
+
+def compare_logits(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float]:
+    """Max and mean |difference| over valid frames of each utterance."""
+    diffs = [np.abs(r.astype(np.float32) - c.astype(np.float32)) for r, c in zip(reference, candidate, strict=True)]
+    flat = np.concatenate([d.ravel() for d in diffs]) if diffs else np.zeros(1)
+    return float(flat.max()), float(flat.mean())
+
+
+def check_parity(
+    reference: Runner, candidate: Runner, waves: list[np.ndarray], model_dir: Path, atol: float, batch_size: int = 4
+) -> ParityReport:
+    """Run the same (padded, batched) audio through both runners and compare."""
+    ref_text, ref_logits = transcribe(reference, waves, model_dir, batch_size=batch_size)
+    cand_text, cand_logits = transcribe(candidate, waves, model_dir, batch_size=batch_size)
+    max_diff, mean_diff = compare_logits(ref_logits, cand_logits)
+    identical = sum(a == b for a, b in zip(ref_text, cand_text, strict=True)) / max(len(waves), 1)
+    return ParityReport(
+        utterances=len(waves), max_abs_logit_diff=max_diff, mean_abs_logit_diff=mean_diff,
+        identical_transcripts=identical, passed=max_diff <= atol and identical == 1.0, atol=atol,
+    )

@@ -1,0 +1,84 @@
+"""The runner interface.
+
+A runner takes a padded batch (numpy, float32 audio + int64 attention mask) and returns float32 logits
+``[batch, frames, vocab]`` as numpy. For timing, ``prepare`` puts inputs where the backend wants them
+(device memory) once, and ``run_prepared`` runs the model and waits for it: benchmarks time only that.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr_optimize.audio import AudioBatch, make_batch
+from asr_optimize.ctc import CtcVocabulary, frame_lengths_for, greedy_decode
+
+
+class RunnerUnavailable(Exception):
+    """The backend cannot run here (missing package, no GPU, no provider). The message says why."""
+
+
+class Runner(ABC):
+    """Base class of every backend runner."""
+
+    backend: str = "base"  # pytorch | onnxruntime | tensorrt | triton
+    precision: str = "fp32"
+    device: str = "cpu"
+    uses_attention_mask: bool = True
+
+    @property
+    def name(self) -> str:
+        """A stable label such as ``onnxruntime-cuda-fp16`` used in tables and charts."""
+        return f"{self.backend}-{self.device}-{self.precision}"
+
+    @abstractmethod
+    def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> Any:
+        """Stage inputs for repeated timed runs (e.g. copy to the GPU)."""
+
+    @abstractmethod
+    def run_prepared(self, prepared: Any) -> Any:
+        """Run once on staged inputs and wait for completion; returns backend-native output."""
+
+    @abstractmethod
+    def to_numpy(self, output: Any) -> np.ndarray:
+        """Backend-native output -> float32 numpy logits."""
+
+    def infer(self, input_values: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """Logits for one padded batch (host in, host out)."""
+        mask = attention_mask if self.uses_attention_mask else None
+        return self.to_numpy(self.run_prepared(self.prepare(input_values, mask)))
+
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window (GPU runners)."""
+
+    def peak_memory_mb(self) -> float | None:
+        """Peak device memory since the last reset, if the backend can tell."""
+        return None
+
+    def close(self) -> None:
+        """Release sessions and device memory."""
+
+
+def transcribe(
+    runner: Runner, waves: list[np.ndarray], model_dir: Path, batch_size: int = 8, normalize: bool = True
+) -> tuple[list[str], list[np.ndarray]]:
+    """Greedy transcripts (and per-utterance valid logits) for a list of 16 kHz waveforms.
+
+    Utterances are sorted by length before batching, so padding stays small, then put back in order.
+    """
+    vocab = CtcVocabulary.from_model_dir(model_dir)
+    order = sorted(range(len(waves)), key=lambda i: waves[i].size)
+    texts: list[str] = [""] * len(waves)
+    logits_out: list[np.ndarray] = [np.empty(0)] * len(waves)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch: AudioBatch = make_batch([waves[i] for i in chunk], normalize=normalize)
+        logits = runner.infer(batch.input_values, batch.attention_mask)
+        frames = frame_lengths_for(model_dir, batch.lengths)
+        for j, (index, text) in enumerate(zip(chunk, greedy_decode(logits, frames, vocab), strict=True)):
+            texts[index] = text
+            logits_out[index] = logits[j, : int(frames[j])]
+    return texts, logits_out

@@ -1,0 +1,1 @@
+"""Prefect flows: the asr-optimize pipeline and the upstream-revision watcher."""

@@ -1,0 +1,149 @@
+"""The asr-optimize flow: profile -> export -> optimize -> TensorRT -> benchmark -> evaluate -> report.
+
+Run it locally with ``asr-optimize run`` (an ephemeral local Prefect API is used when no server is
+configured), or as the ``asr-optimize/prod`` deployment on a GPU work pool.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from prefect import flow, task
+from prefect.runtime import flow_run
+from pydantic import BaseModel, Field
+
+from asr_optimize import __version__
+from asr_optimize.audio import synthetic_audio
+from asr_optimize.capabilities import Capabilities, detect
+from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.model_source import ResolvedModel, resolve_model
+from asr_optimize.paths import DEFAULT_MODEL, DEMO_TESTSET
+from asr_optimize.store import ArtifactStore, LocalArtifactStore
+from tasks.benchmark import BenchmarkOptions, RunnerSpec, benchmark_task
+from tasks.common import StageResult, get_logger, retry_on_transient
+from tasks.export import ExportOptions, export_task
+from tasks.optimize import FP16_NAME, FP32_NAME, OptimizeOptions, optimize_task
+from tasks.profile import ProfileOptions, profile_task
+from tasks.report import report_task
+from tasks.tensorrt_build import tensorrt_task
+
+
+class PipelineOptions(BaseModel):
+    """Every stage's knobs, with defaults sized for the demo model on a CPU."""
+
+    profile: ProfileOptions = Field(default_factory=ProfileOptions)
+    export: ExportOptions = Field(default_factory=ExportOptions)
+    optimize: OptimizeOptions = Field(default_factory=OptimizeOptions)
+    benchmark: BenchmarkOptions = Field(default_factory=BenchmarkOptions)
+    parity_utterances: int = 4
+
+
+class FlowSummary(BaseModel):
+    run_name: str
+    model: str
+    revision: str
+    stages: dict[str, str]
+    report_folder: str
+    capabilities: Capabilities
+
+
+@task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient)
+def resolve_task(model: str, revision: str | None) -> ResolvedModel:
+    """Pin the model to an exact revision (hub sha or content hash) and a local folder."""
+    resolved = resolve_model(model, revision)
+    get_logger().info("model %s resolved to %s revision %s (%s)", model, resolved.kind, resolved.revision,
+                      resolved.architecture)
+    return resolved
+
+
+def parity_audio(count: int) -> list[np.ndarray]:
+    """A few real utterances from the bundled test set (synthetic audio if it is not there)."""
+    manifest = DEMO_TESTSET / "manifest.jsonl"
+    if manifest.is_file():
+        import json
+
+        from asr_optimize.audio import load_audio
+
+        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [load_audio(DEMO_TESTSET / row["audio"]) for row in rows[:count]]
+    return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
+
+
+def runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResult, caps: Capabilities,
+                 device: str) -> list[RunnerSpec]:
+    """Everything this machine can run, baseline first (PyTorch eager fp32)."""
+    gpu = device == "cuda"
+    specs = [RunnerSpec(label=f"pytorch:eager:fp32@{device}", kind="pytorch", path=model.local_dir, device=device)]
+    if gpu:
+        specs.append(RunnerSpec(label="pytorch:eager:fp16@cuda", kind="pytorch", path=model.local_dir, device="cuda",
+                                precision="fp16"))
+    providers = [p for p in caps.ort_providers if p != "tensorrt"] if gpu else ["cpu"]
+    for provider in providers:
+        if export.artifact_dir:
+            specs.append(RunnerSpec(label=f"onnxruntime:exported:fp32@{provider}", kind="onnxruntime",
+                                    path=export.file("model.onnx"), device=provider))
+        if optimized.artifact_dir:
+            specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp32@{provider}", kind="onnxruntime",
+                                    path=optimized.file(FP32_NAME), device=provider))
+            if optimized.file(FP16_NAME).is_file():
+                specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp16@{provider}", kind="onnxruntime",
+                                        path=optimized.file(FP16_NAME), device=provider, precision="fp16"))
+    return specs
+
+
+def open_store(store: str) -> ArtifactStore:
+    """A local folder path (the embedded default)."""
+    return LocalArtifactStore(Path(store))
+
+
+@flow(name="asr-optimize", log_prints=True)
+def asr_optimize_flow(
+    model: str = str(DEFAULT_MODEL),
+    revision: str | None = None,
+    store: str = "model_store",
+    reports_dir: str = "reports",
+    device: Literal["auto", "cpu", "cuda"] = "auto",
+    require_gpu: bool = False,
+    require_tensorrt: bool = False,
+    options: PipelineOptions | None = None,
+) -> FlowSummary:
+    """Turn a wav2vec2 CTC model into verified, benchmarked artifacts in the model store."""
+    log = get_logger()
+    opts = options or PipelineOptions()
+    caps = detect()
+    log.info("capabilities: %s", caps.model_dump_json())
+    if require_gpu and not caps.cuda:
+        raise AsrOptimizeError("this deployment requires a CUDA GPU, and none is visible to PyTorch on this worker")
+    if require_tensorrt and caps.why_no_tensorrt():
+        raise AsrOptimizeError(f"this deployment requires TensorRT: {caps.why_no_tensorrt()}")
+    run_device = "cuda" if device == "cuda" or (device == "auto" and caps.cuda) else "cpu"
+    if run_device == "cuda" and not caps.cuda:
+        raise AsrOptimizeError("device=cuda was requested, but no CUDA GPU is visible to PyTorch")
+    run_name = flow_run.get_name() or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
+    artifact_store = open_store(store)
+    log.info("model store: %s", artifact_store.describe())
+
+    resolved = resolve_task(model, revision)
+    waves = parity_audio(opts.parity_utterances)
+    profile = profile_task(artifact_store, resolved, opts.profile.model_copy(update={"device": run_device}))
+    export = export_task(artifact_store, resolved, opts.export, waves)
+    optimized = optimize_task(artifact_store, resolved, export, opts.optimize, waves)
+    engines = tensorrt_task(artifact_store, resolved, optimized, caps)
+    stages = [profile, export, optimized, engines]
+
+    report_dir = Path(reports_dir) / run_name
+    benchmarks: pd.DataFrame = benchmark_task(
+        runner_specs(resolved, export, optimized, caps, run_device), opts.benchmark, report_dir
+    )
+    run_info: dict[str, Any] = {
+        "run_name": run_name, "model": resolved.source, "revision": resolved.revision, "code_version": __version__,
+        "device": run_device, "gpu": caps.gpu_name or "none", "tensorrt": caps.tensorrt_version or caps.tensorrt_reason,
+        "store": artifact_store.describe(),
+    }
+    report = report_task(report_dir, run_info, stages, benchmarks, profile.file("operators.csv"))
+    return FlowSummary(run_name=run_name, model=resolved.source, revision=resolved.revision,
+                       stages={s.stage: s.status for s in stages}, report_folder=report["folder"], capabilities=caps)

@@ -1,0 +1,139 @@
+"""Stage 3, optimize: onnxsim, ONNX Runtime's transformer fusions, and an fp16 variant (fp32 I/O).
+
+Each variant is checked against the PyTorch reference again: an optimization that changes transcripts is
+reported, and the promotion gate (evaluate stage) decides what may ship.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from prefect import task
+from pydantic import BaseModel
+
+from asr_optimize.hashing import hash_waves
+from asr_optimize.model_source import ResolvedModel, read_config
+from asr_optimize.parity import check_parity
+from asr_optimize.runners.ort_runner import OrtRunner
+from asr_optimize.runners.torch_runner import TorchRunner
+from asr_optimize.store import ArtifactStore
+from tasks.common import StageResult, get_logger, retry_on_transient, run_cached_stage
+
+FP32_NAME = "model.opt.onnx"
+FP16_NAME = "model.fp16.onnx"
+
+
+class OptimizeOptions(BaseModel):
+    simplify: bool = True
+    transformer_fusions: bool = True
+    fp16: bool = True
+    fp32_parity_atol: float = 1e-3
+    # fp16 logits differ by rounding; transcripts are what the gate judges
+    fp16_parity_atol: float = 0.5
+
+
+def op_counts(path: Path) -> dict[str, int]:
+    """Node count per operator type."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return dict(Counter(node.op_type for node in graph.node).most_common())
+
+
+def _size_mb(path: Path) -> float:
+    data = path.with_name(path.name + ".data")
+    return round((path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20, 2)
+
+
+def _save(model: onnx.ModelProto, path: Path) -> None:
+    large = model.ByteSize() > 1_900_000_000
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location=path.name + ".data")
+
+
+def simplify_onnx(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """onnxsim constant folding / dead-node removal. Returns (model, outcome)."""
+    try:
+        from onnxsim import simplify
+
+        simplified, ok = simplify(model)
+    except Exception as exc:  # onnxsim raises plain RuntimeErrors for graphs it cannot handle
+        return model, f"onnxsim failed, graph kept as exported: {type(exc).__name__}: {str(exc)[:200]}"
+    if not ok:
+        return model, "onnxsim check failed, graph kept as exported"
+    return simplified, "ok"
+
+
+def optimize_onnx(
+    onnx_path: Path, model_dir: Path, out_dir: Path, opts: OptimizeOptions, parity_waves: list[np.ndarray]
+) -> dict[str, Any]:
+    """Write ``model.opt.onnx`` (fp32) and ``model.fp16.onnx``; return counts, sizes and parity per variant."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    config = read_config(model_dir)
+    metrics: dict[str, Any] = {"before": {"nodes": sum(op_counts(onnx_path).values()), "size_mb": _size_mb(onnx_path)}}
+    model = onnx.load(str(onnx_path))
+    simplify_outcome = "disabled"
+    if opts.simplify:
+        model, simplify_outcome = simplify_onnx(model)
+    metrics["onnxsim"] = simplify_outcome
+    simplified_path = out_dir / "model.sim.onnx"
+    _save(model, simplified_path)
+
+    fused: dict[str, int] = {}
+    if opts.transformer_fusions:
+        optimized = optimize_model(
+            str(simplified_path), model_type="bert", num_heads=config["num_attention_heads"],
+            hidden_size=config["hidden_size"], opt_level=0, use_gpu=False,
+        )
+        fused = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    else:
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        optimized = OnnxModel(model)
+    fp32_path = out_dir / FP32_NAME
+    optimized.save_model_to_file(str(fp32_path), use_external_data_format=optimized.model.ByteSize() > 1_900_000_000)
+    simplified_path.unlink()
+    metrics["fused_operators"] = fused
+    variants = {"fp32": (fp32_path, opts.fp32_parity_atol)}
+    if opts.fp16:
+        optimized.convert_float_to_float16(keep_io_types=True)
+        fp16_path = out_dir / FP16_NAME
+        optimized.save_model_to_file(str(fp16_path), use_external_data_format=False)
+        variants["fp16"] = (fp16_path, opts.fp16_parity_atol)
+
+    reference = TorchRunner(model_dir)
+    for precision, (path, atol) in variants.items():
+        runner = OrtRunner(path, "cpu", precision=precision)
+        parity = check_parity(reference, runner, parity_waves, model_dir, atol=atol)
+        metrics[precision] = {
+            "file": path.name, "nodes": sum(op_counts(path).values()), "size_mb": _size_mb(path),
+            "op_counts": op_counts(path), "parity": parity.model_dump(),
+        }
+        runner.close()
+    return metrics
+
+
+@task(name="optimize-onnx", retries=1, retry_condition_fn=retry_on_transient)
+def optimize_task(
+    store: ArtifactStore, model: ResolvedModel, export: StageResult, opts: OptimizeOptions,
+    parity_waves: list[np.ndarray],
+) -> StageResult:
+    """Optimize the exported graph; cached per export artifact and options."""
+    result = run_cached_stage(
+        store, model, "optimize", opts.model_dump(),
+        {"export": export.key or "", "parity_audio": hash_waves(parity_waves)},
+        lambda out: optimize_onnx(export.file("model.onnx"), model.local_dir, out, opts, parity_waves),
+    )
+    log = get_logger()
+    m = result.metrics
+    log.info("optimize: onnxsim %s; fused %s; nodes %s -> %s", m["onnxsim"], m["fused_operators"] or "none",
+             m["before"]["nodes"], m["fp32"]["nodes"])
+    for precision in ("fp32", "fp16"):
+        if precision in m:
+            p = m[precision]["parity"]
+            log.info("optimize: %s parity max |logit diff| %.3g, identical transcripts %.0f%%",
+                     precision, p["max_abs_logit_diff"], 100 * p["identical_transcripts"])
+    return result

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny random-weight Wav2Vec2ForCTC with the real Hindi vocabulary, made at test time."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPLICA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "indicwav2vec-hindi-replica"
+TINY_OVERRIDES = {
+    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
+    "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
+}
+VOCAB_DIR = Path(__file__).resolve().parent / "data" / "hindi-vocab"
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random model with the IndicWav2Vec config conventions and vocabulary (never committed)."""
+    from asr_optimize.model_source import init_random_model
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    return init_random_model(VOCAB_DIR, out, seed=0, overrides=TINY_OVERRIDES)
+
+
+@pytest.fixture()
+def waves() -> list[np.ndarray]:
+    from asr_optimize.audio import synthetic_audio
+
+    return synthetic_audio(2, 1.0, seed=1) + synthetic_audio(1, 1.7, seed=2)
