@@ -15,6 +15,20 @@ app = typer.Typer(help="Optimize, verify and deploy wav2vec2 CTC speech models."
 console = Console()
 
 
+def parse_cases(text: str) -> list:
+    """'1x1,16x10' -> [BenchCase(batch=1, seconds=1), BenchCase(batch=16, seconds=10)]."""
+    from tasks.benchmark import BenchCase
+
+    cases = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        batch, _, seconds = item.lower().rstrip("s").partition("x")
+        try:
+            cases.append(BenchCase(batch=int(batch), seconds=float(seconds)))
+        except ValueError as exc:
+            raise typer.BadParameter(f"benchmark case {item!r}: expected BATCHxSECONDS such as 16x10") from exc
+    return cases
+
+
 @app.command()
 def run(
     model: Annotated[str, typer.Option(help="hub id, local folder or s3:// URI")] = str(DEFAULT_MODEL),
@@ -22,15 +36,19 @@ def run(
     store: Annotated[str, typer.Option(help="model store: a local folder")] = "model_store",
     reports: Annotated[str, typer.Option(help="folder for per-run reports")] = "reports",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    bench_cases: Annotated[str, typer.Option(help="batch x seconds list, e.g. '1x1,1x5,4x5'")] = "1x1,1x5,4x5",
+    iterations: Annotated[int, typer.Option(help="timed iterations per benchmark case")] = 20,
     require_tensorrt: bool = False,
 ) -> None:
     """Run the whole asr-optimize flow once."""
     from asr_optimize.errors import AsrOptimizeError
-    from flows.asr_optimize import asr_optimize_flow
+    from flows.asr_optimize import PipelineOptions, asr_optimize_flow
+    from tasks.benchmark import BenchmarkOptions
 
+    options = PipelineOptions(benchmark=BenchmarkOptions(cases=parse_cases(bench_cases), iterations=iterations))
     try:
         summary = asr_optimize_flow(model=model, revision=revision, store=store, reports_dir=reports,
-                                    device=device, require_tensorrt=require_tensorrt)
+                                    device=device, require_tensorrt=require_tensorrt, options=options)
     except AsrOptimizeError as exc:
         console.print(f"[bold red]asr-optimize failed:[/] {exc}")
         raise typer.Exit(2) from exc

@@ -165,8 +165,10 @@ def load_model(model_dir: Path, dtype: Any = None) -> Any:
         model = AutoModelForCTC.from_pretrained(
             model_dir, trust_remote_code=False, local_files_only=True, dtype=dtype
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise ModelResolutionError(f"cannot load weights from {model_dir} (corrupt or incomplete?): {exc}") from exc
+    except Exception as exc:  # safetensors, torch and transformers each raise their own types for bad files
+        raise ModelResolutionError(
+            f"cannot load weights from {model_dir} (corrupt or incomplete?): {type(exc).__name__}: {exc}"
+        ) from exc
     return model.eval()
 
 

@@ -1,0 +1,61 @@
+"""Export and optimize a real (tiny) model; ONNX Runtime sessions agree with PyTorch, padding does not matter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from asr_optimize.parity import check_parity
+from asr_optimize.runners.base import transcribe
+from asr_optimize.runners.ort_runner import OrtRunner
+from asr_optimize.runners.torch_runner import TorchRunner
+from tasks.export import ExportOptions, export_onnx
+from tasks.optimize import FP16_NAME, FP32_NAME, OptimizeOptions, optimize_onnx
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from asr_optimize.audio import synthetic_audio
+
+    out = tmp_path_factory.mktemp("export")
+    export_onnx(tiny_model, out, ExportOptions(), synthetic_audio(2, 1.0))
+    return out / "model.onnx"
+
+
+def test_export_has_dynamic_axes_and_mask(exported: Path) -> None:
+    model = onnx.load(str(exported))
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert inputs == {"input_values": ["batch", "samples"], "attention_mask": ["batch", "samples"]}
+    assert model.opset_import[0].version >= 17
+    assert any(n.op_type == "LayerNormalization" for n in model.graph.node)
+
+
+def test_ort_matches_torch_on_unseen_shapes(tiny_model: Path, exported: Path, waves: list[np.ndarray]) -> None:
+    report = check_parity(TorchRunner(tiny_model), OrtRunner(exported), waves, tiny_model, atol=1e-3)
+    assert report.passed, report
+
+
+def test_batching_does_not_change_transcripts(tiny_model: Path, exported: Path, waves: list[np.ndarray]) -> None:
+    runner = OrtRunner(exported)
+    batched, batched_logits = transcribe(runner, waves, tiny_model, batch_size=3)
+    single, single_logits = transcribe(runner, waves, tiny_model, batch_size=1)
+    assert batched == single
+    for a, b in zip(batched_logits, single_logits, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_optimize_writes_fp32_and_fp16_with_parity(tiny_model: Path, exported: Path, tmp_path: Path,
+                                                  waves: list[np.ndarray]) -> None:
+    metrics = optimize_onnx(exported, tiny_model, tmp_path, OptimizeOptions(), waves)
+    assert (tmp_path / FP32_NAME).is_file() and (tmp_path / FP16_NAME).is_file()
+    assert metrics["fp32"]["parity"]["passed"], metrics["fp32"]["parity"]
+    assert metrics["fp32"]["nodes"] < metrics["before"]["nodes"]
+    assert metrics["fused_operators"].get("LayerNormalization", 0) + metrics["fused_operators"].get(
+        "SkipLayerNormalization", 0) > 0
+    assert metrics["fp16"]["size_mb"] < metrics["fp32"]["size_mb"]
+    assert metrics["fp16"]["parity"]["max_abs_logit_diff"] < 0.5
+    graph = onnx.load(str(tmp_path / FP16_NAME)).graph
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 I/O kept
