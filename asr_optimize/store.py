@@ -86,6 +86,11 @@ def slugify_model(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/")).strip("-")[-80:] or "model"
 
 
+def production_pointer(model_slug: str) -> str:
+    """The name of a model's ``production`` pointer (one per model, so a store can serve several)."""
+    return f"{model_slug}.production"
+
+
 def describe_files(folder: Path) -> dict[str, FileEntry]:
     """sha256 and size of every file below ``folder`` (the manifest excluded)."""
     entries = {}

@@ -25,9 +25,11 @@ from asr_optimize.paths import DEFAULT_MODEL, DEMO_TESTSET
 from asr_optimize.store import ArtifactStore, LocalArtifactStore
 from tasks.benchmark import BenchmarkOptions, RunnerSpec, benchmark_task
 from tasks.common import StageResult, get_logger, retry_on_transient
+from tasks.evaluate import EvaluateOptions, evaluate_task
 from tasks.export import ExportOptions, export_task
 from tasks.optimize import FP16_NAME, FP32_NAME, OptimizeOptions, optimize_task
 from tasks.profile import ProfileOptions, profile_task
+from tasks.promote import promote_task
 from tasks.report import report_task
 from tasks.tensorrt_build import tensorrt_task
 
@@ -39,6 +41,7 @@ class PipelineOptions(BaseModel):
     export: ExportOptions = Field(default_factory=ExportOptions)
     optimize: OptimizeOptions = Field(default_factory=OptimizeOptions)
     benchmark: BenchmarkOptions = Field(default_factory=BenchmarkOptions)
+    evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
     parity_utterances: int = 4
 
 
@@ -49,6 +52,7 @@ class FlowSummary(BaseModel):
     stages: dict[str, str]
     report_folder: str
     capabilities: Capabilities
+    promoted: str | None = None
 
 
 @task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient)
@@ -136,14 +140,22 @@ def asr_optimize_flow(
     stages = [profile, export, optimized, engines]
 
     report_dir = Path(reports_dir) / run_name
-    benchmarks: pd.DataFrame = benchmark_task(
-        runner_specs(resolved, export, optimized, caps, run_device), opts.benchmark, report_dir
-    )
+    specs = runner_specs(resolved, export, optimized, caps, run_device)
+    benchmarks: pd.DataFrame = benchmark_task(specs, opts.benchmark, report_dir)
+    evaluation = evaluate_task(specs, resolved.local_dir, opts.evaluate, report_dir)
+    promotion = promote_task(specs, evaluation, benchmarks, artifact_store, run_device, resolved.source,
+                             resolved.revision)
     run_info: dict[str, Any] = {
         "run_name": run_name, "model": resolved.source, "revision": resolved.revision, "code_version": __version__,
         "device": run_device, "gpu": caps.gpu_name or "none", "tensorrt": caps.tensorrt_version or caps.tensorrt_reason,
         "store": artifact_store.describe(),
     }
-    report = report_task(report_dir, run_info, stages, benchmarks, profile.file("operators.csv"))
+    extra = [
+        "## Promotion", f"- promoted: **{promotion.promoted}**", f"- {promotion.reason}",
+        f"- evaluation set: {evaluation.eval_set}",
+    ]
+    report = report_task(report_dir, run_info, stages, benchmarks, profile.file("operators.csv"),
+                         evaluation.table(), extra)
     return FlowSummary(run_name=run_name, model=resolved.source, revision=resolved.revision,
-                       stages={s.stage: s.status for s in stages}, report_folder=report["folder"], capabilities=caps)
+                       stages={s.stage: s.status for s in stages}, report_folder=report["folder"], capabilities=caps,
+                       promoted=promotion.candidate if promotion.promoted else None)

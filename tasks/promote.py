@@ -1,0 +1,73 @@
+"""Stage 8a, promote: pick the fastest artifact that passed the accuracy gate and move the ``production`` pointer.
+
+An artifact is promoted only if it passed the gate AND beats the latency recorded for the current production
+artifact on the same device and batch shape. Otherwise the pointer stays, and the report says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from pydantic import BaseModel
+
+from asr_optimize.store import ArtifactStore, production_pointer, slugify_model
+from tasks.benchmark import RunnerSpec
+from tasks.common import get_logger
+from tasks.evaluate import EvaluationResult
+
+
+class PromotionDecision(BaseModel):
+    promoted: bool
+    candidate: str | None = None
+    artifact: str | None = None
+    case: str | None = None
+    latency_ms: float | None = None
+    previous: dict[str, Any] | None = None
+    reason: str
+
+
+def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: pd.DataFrame,
+                     store: ArtifactStore, device: str, pointer: str) -> PromotionDecision:
+    """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production."""
+    passing = set(evaluation.passing())
+    artifacts = {s.label: s for s in specs if s.kind != "pytorch" and s.label in passing}
+    previous = store.read_pointer(pointer)
+    if not artifacts:
+        failed = [b.label for b in evaluation.backends if b.decision is not None and not b.decision.passed]
+        return PromotionDecision(promoted=False, previous=previous,
+                                 reason=f"no artifact passed the accuracy gate (failed: {failed or 'none evaluated'})")
+    ok = benchmarks[(benchmarks["status"] == "ok") & benchmarks["runner"].isin(list(artifacts))]
+    if ok.empty:
+        return PromotionDecision(promoted=False, previous=previous, reason="gate-passing artifacts were not benchmarked")
+    largest = ok.sort_values(["batch", "seconds"]).iloc[-1]["case"]
+    best = ok[ok["case"] == largest].sort_values("p50_ms").iloc[0]
+    spec = artifacts[best["runner"]]
+    decision = dict(candidate=spec.label, artifact=str(spec.path), case=largest, latency_ms=float(best["p50_ms"]),
+                    previous=previous)
+    if previous and previous.get("device") == device and previous.get("case") == largest:
+        if float(best["p50_ms"]) >= float(previous["latency_ms"]):
+            return PromotionDecision(promoted=False, **decision, reason=(
+                f"{spec.label} passed the gate but is not faster than production {previous.get('candidate')} "
+                f"({best['p50_ms']:.2f} ms vs {previous['latency_ms']:.2f} ms at {largest})"))
+    return PromotionDecision(promoted=True, **decision,
+                             reason=f"{spec.label} passed the gate and is the fastest at {largest}")
+
+
+@task(name="promote")
+def promote_task(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: pd.DataFrame,
+                 store: ArtifactStore, device: str, model: str, revision: str) -> PromotionDecision:
+    """Move the store's ``production`` pointer to the chosen artifact (history kept), or explain why not."""
+    pointer = production_pointer(slugify_model(model))
+    decision = choose_candidate(specs, evaluation, benchmarks, store, device, pointer)
+    log = get_logger()
+    if decision.promoted:
+        store.write_pointer(pointer, {
+            "candidate": decision.candidate, "artifact": decision.artifact, "case": decision.case,
+            "latency_ms": decision.latency_ms, "device": device, "model": model, "revision": revision,
+        })
+        log.info("promote: production -> %s (%s)", decision.candidate, decision.reason)
+    else:
+        log.warning("promote: production unchanged: %s", decision.reason)
+    return decision
