@@ -156,14 +156,15 @@ def resolve_model(source: str, revision: str | None = None, cache_dir: Path | No
     return ResolvedModel(source=source, kind=kind, revision=pinned, local_dir=folder, architecture=architecture)
 
 
-def load_model(model_dir: Path, dtype: Any = None) -> Any:
+def load_model(model_dir: Path, dtype: Any = None, attn_implementation: str | None = None) -> Any:
     """Load the CTC model for inference (eval mode), with a clear error for corrupt weights."""
     from transformers import AutoModelForCTC
 
     check_ctc_model(model_dir)
     try:
         model = AutoModelForCTC.from_pretrained(
-            model_dir, trust_remote_code=False, local_files_only=True, dtype=dtype
+            model_dir, trust_remote_code=False, local_files_only=True, dtype=dtype,
+            attn_implementation=attn_implementation,
         )
     except Exception as exc:  # safetensors, torch and transformers each raise their own types for bad files
         raise ModelResolutionError(

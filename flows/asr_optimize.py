@@ -31,7 +31,7 @@ from tasks.optimize import FP16_NAME, FP32_NAME, OptimizeOptions, optimize_task
 from tasks.profile import ProfileOptions, profile_task
 from tasks.promote import promote_task
 from tasks.report import report_task
-from tasks.tensorrt_build import tensorrt_task
+from tasks.tensorrt_build import EngineOptions, engine_runner_specs, tensorrt_task
 
 
 class PipelineOptions(BaseModel):
@@ -40,6 +40,7 @@ class PipelineOptions(BaseModel):
     profile: ProfileOptions = Field(default_factory=ProfileOptions)
     export: ExportOptions = Field(default_factory=ExportOptions)
     optimize: OptimizeOptions = Field(default_factory=OptimizeOptions)
+    tensorrt: EngineOptions = Field(default_factory=EngineOptions)
     benchmark: BenchmarkOptions = Field(default_factory=BenchmarkOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
     parity_utterances: int = 4
@@ -77,8 +78,8 @@ def parity_audio(count: int) -> list[np.ndarray]:
     return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
 
 
-def runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResult, caps: Capabilities,
-                 device: str) -> list[RunnerSpec]:
+def runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResult, engines: StageResult,
+                 caps: Capabilities, device: str) -> list[RunnerSpec]:
     """Everything this machine can run, baseline first (PyTorch eager fp32)."""
     gpu = device == "cuda"
     specs = [RunnerSpec(label=f"pytorch:eager:fp32@{device}", kind="pytorch", path=model.local_dir, device=device)]
@@ -96,6 +97,8 @@ def runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResu
             if optimized.file(FP16_NAME).is_file():
                 specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp16@{provider}", kind="onnxruntime",
                                         path=optimized.file(FP16_NAME), device=provider, precision="fp16"))
+    if gpu and engines.status in ("ok", "cached"):
+        specs += engine_runner_specs(engines)
     return specs
 
 
@@ -136,11 +139,11 @@ def asr_optimize_flow(
     profile = profile_task(artifact_store, resolved, opts.profile.model_copy(update={"device": run_device}))
     export = export_task(artifact_store, resolved, opts.export, waves)
     optimized = optimize_task(artifact_store, resolved, export, opts.optimize, waves)
-    engines = tensorrt_task(artifact_store, resolved, optimized, caps)
+    engines = tensorrt_task(artifact_store, resolved, optimized, caps, opts.tensorrt, export=export)
     stages = [profile, export, optimized, engines]
 
     report_dir = Path(reports_dir) / run_name
-    specs = runner_specs(resolved, export, optimized, caps, run_device)
+    specs = runner_specs(resolved, export, optimized, engines, caps, run_device)
     benchmarks: pd.DataFrame = benchmark_task(specs, opts.benchmark, report_dir)
     evaluation = evaluate_task(specs, resolved.local_dir, opts.evaluate, report_dir)
     promotion = promote_task(specs, evaluation, benchmarks, artifact_store, run_device, resolved.source,

@@ -1,0 +1,152 @@
+"""The ``watch-upstream`` flow: emit ``asr.model.updated`` when a watched hub model gets a new revision.
+
+For each watched model it asks the hub (``huggingface_hub``; honours ``HF_ENDPOINT``) for the commit sha of
+``main`` and compares it with what the model store remembers:
+
+- the ``upstream--<model>`` pointer: the last revision this watcher announced, and
+- the model's ``production`` pointer: the revision the last promoted build was made from.
+
+A sha that neither knows is new: the watcher emits one Prefect event
+
+    event:    asr.model.updated
+    resource: huggingface.model.<owner/name>
+    payload:  {"revision": <sha>, "model": <owner/name>, "previous": <sha or null>}
+
+and records it in the ``upstream--<model>`` pointer (with history), so the next check stays quiet. The
+``asr-optimize/prod`` deployment has a trigger on that event that passes ``revision`` as a parameter
+(see ``prefect.yaml``). A sha the store already knows emits nothing.
+
+    python -m flows.watch_upstream --model ai4bharat/indicwav2vec-hindi --store model_store
+
+(run it as a module from the repo root: as a script, ``flows/`` would shadow the ``asr_optimize`` package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from typing import Any, Literal
+
+from prefect import flow
+from pydantic import BaseModel
+
+from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.store import ArtifactStore, production_pointer, slugify_model
+from tasks.common import get_logger
+
+EVENT_NAME = "asr.model.updated"
+DEFAULT_WATCHED = ["ai4bharat/indicwav2vec-hindi"]
+
+
+class UpstreamCheck(BaseModel):
+    """What the watcher found and did for one model."""
+
+    model: str
+    action: Literal["emitted", "unchanged", "error"]
+    revision: str | None = None
+    previous: str | None = None
+    event_id: str | None = None
+    reason: str = ""
+
+
+def upstream_pointer(model: str) -> str:
+    """The store pointer that remembers the last announced revision of ``model``."""
+    return f"upstream--{slugify_model(model)}"
+
+
+def resource_id(model: str) -> str:
+    """The Prefect event resource id of a hub model (what the prod deployment's trigger matches)."""
+    return f"huggingface.model.{model}"
+
+
+def latest_revision(model: str, branch: str = "main") -> str:
+    """The commit sha of ``branch`` on the hub (``HF_ENDPOINT`` if set), with a clear error."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    try:
+        info = HfApi(endpoint=endpoint, token=os.environ.get("HF_TOKEN") or None).model_info(model, revision=branch)
+    except RepositoryNotFoundError as exc:
+        raise AsrOptimizeError(f"hub ({endpoint or 'huggingface.co'}) has no model {model!r} (or it is private)") from exc
+    except RevisionNotFoundError as exc:
+        raise AsrOptimizeError(f"model {model!r} has no branch {branch!r}") from exc
+    except (HfHubHTTPError, OSError) as exc:
+        raise AsrOptimizeError(f"cannot ask the hub ({endpoint or 'huggingface.co'}) about {model!r}: {exc}") from exc
+    if not info.sha:
+        raise AsrOptimizeError(f"hub answered for {model!r} without a commit sha")
+    return info.sha
+
+
+def _emit(model: str, revision: str, previous: str | None) -> str | None:
+    from prefect.events import emit_event
+
+    event = emit_event(
+        event=EVENT_NAME,
+        resource={"prefect.resource.id": resource_id(model), "prefect.resource.name": model},
+        payload={"revision": revision, "model": model, "previous": previous},
+    )
+    return str(event.id) if event is not None else None
+
+
+def check_upstream(
+    models: list[str],
+    store: ArtifactStore,
+    revision_of: Callable[[str], str] = latest_revision,
+    emit: Callable[[str, str, str | None], str | None] = _emit,
+) -> list[UpstreamCheck]:
+    """Compare each model's newest hub revision with the store; emit one event per new revision."""
+    log = get_logger()
+    results = []
+    for model in models:
+        try:
+            sha = revision_of(model)
+        except AsrOptimizeError as exc:
+            log.error("watch-upstream: %s", exc)
+            results.append(UpstreamCheck(model=model, action="error", reason=str(exc)))
+            continue
+        seen: dict[str, Any] = store.read_pointer(upstream_pointer(model)) or {}
+        built: dict[str, Any] = store.read_pointer(production_pointer(slugify_model(model))) or {}
+        previous = seen.get("revision") or built.get("revision")
+        if sha in (seen.get("revision"), built.get("revision")):
+            log.info("watch-upstream: %s is still at %s: nothing to do", model, sha)
+            if seen.get("revision") != sha:  # built already, never announced: remember it quietly
+                store.write_pointer(upstream_pointer(model), {"model": model, "revision": sha, "event_id": None})
+            results.append(UpstreamCheck(model=model, action="unchanged", revision=sha, previous=previous,
+                                         reason="revision already seen or built"))
+            continue
+        event_id = emit(model, sha, previous)
+        store.write_pointer(upstream_pointer(model), {"model": model, "revision": sha, "event_id": event_id})
+        log.info("watch-upstream: %s has a new revision %s (was %s): emitted %s %s", model, sha,
+                 previous or "unknown", EVENT_NAME, event_id)
+        results.append(UpstreamCheck(model=model, action="emitted", revision=sha, previous=previous,
+                                     event_id=event_id, reason="new revision"))
+    return results
+
+
+@flow(name="watch-upstream", log_prints=True)
+def watch_upstream_flow(models: list[str] | None = None, store: str = "model_store") -> list[UpstreamCheck]:
+    """Emit ``asr.model.updated`` for every watched hub model whose ``main`` moved since the last check."""
+    from asr_optimize.store_factory import open_store
+
+    results = check_upstream(models or DEFAULT_WATCHED, open_store(store))
+    errors = [r for r in results if r.action == "error"]
+    if errors:
+        raise AsrOptimizeError("; ".join(f"{r.model}: {r.reason}" for r in errors))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Check watched hub models for new revisions (one flow run).")
+    parser.add_argument("--model", action="append", dest="models", help="hub id to watch (repeatable)")
+    parser.add_argument("--store", default="model_store", help="model store: folder, s3://bucket/prefix or block:NAME")
+    args = parser.parse_args(argv)
+    results = watch_upstream_flow(models=args.models or DEFAULT_WATCHED, store=args.store)
+    print(json.dumps([r.model_dump() for r in results]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
