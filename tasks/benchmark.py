@@ -35,8 +35,8 @@ class BenchCase(BaseModel):
 
 
 class BenchmarkOptions(BaseModel):
-    cases: list[BenchCase] = Field(default_factory=lambda: [BenchCase(batch=1, seconds=1), BenchCase(batch=1, seconds=5),
-                                                          BenchCase(batch=4, seconds=5)])
+    cases: list[BenchCase] = Field(default_factory=lambda: [
+        BenchCase(batch=1, seconds=1), BenchCase(batch=1, seconds=5), BenchCase(batch=4, seconds=5)])
     warmup: int = 3
     iterations: int = 20
     max_seconds_per_case: float = 30.0

@@ -52,13 +52,14 @@ def profile_model(model_dir: Path, out_dir: Path, opts: ProfileOptions) -> dict[
             if device == "cuda":
                 torch.cuda.synchronize()
     rows = []
+    per_call = 1000 * opts.iterations  # profiler totals are in microseconds over all iterations
     for event in prof.key_averages():
         rows.append({
             "operator": event.key,
             "calls": event.count // opts.iterations,
-            "self_cpu_ms": _time_attr(event, "self_cpu_time_total") / 1000 / opts.iterations,
-            "cpu_total_ms": _time_attr(event, "cpu_time_total") / 1000 / opts.iterations,
-            "self_device_ms": _time_attr(event, "self_device_time_total", "self_cuda_time_total") / 1000 / opts.iterations,
+            "self_cpu_ms": _time_attr(event, "self_cpu_time_total") / per_call,
+            "cpu_total_ms": _time_attr(event, "cpu_time_total") / per_call,
+            "self_device_ms": _time_attr(event, "self_device_time_total", "self_cuda_time_total") / per_call,
         })
     sort_by = "self_device_ms" if device == "cuda" else "self_cpu_ms"
     table = pd.DataFrame(rows).sort_values(sort_by, ascending=False)

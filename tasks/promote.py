@@ -40,17 +40,18 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
                                  reason=f"no artifact passed the accuracy gate (failed: {failed or 'none evaluated'})")
     ok = benchmarks[(benchmarks["status"] == "ok") & benchmarks["runner"].isin(list(artifacts))]
     if ok.empty:
-        return PromotionDecision(promoted=False, previous=previous, reason="gate-passing artifacts were not benchmarked")
+        return PromotionDecision(promoted=False, previous=previous,
+                                 reason="gate-passing artifacts were not benchmarked")
     largest = ok.sort_values(["batch", "seconds"]).iloc[-1]["case"]
     best = ok[ok["case"] == largest].sort_values("p50_ms").iloc[0]
     spec = artifacts[best["runner"]]
     decision = dict(candidate=spec.label, artifact=str(spec.path), case=largest, latency_ms=float(best["p50_ms"]),
                     previous=previous)
-    if previous and previous.get("device") == device and previous.get("case") == largest:
-        if float(best["p50_ms"]) >= float(previous["latency_ms"]):
-            return PromotionDecision(promoted=False, **decision, reason=(
-                f"{spec.label} passed the gate but is not faster than production {previous.get('candidate')} "
-                f"({best['p50_ms']:.2f} ms vs {previous['latency_ms']:.2f} ms at {largest})"))
+    comparable = previous and previous.get("device") == device and previous.get("case") == largest
+    if comparable and float(best["p50_ms"]) >= float(previous["latency_ms"]):
+        return PromotionDecision(promoted=False, **decision, reason=(
+            f"{spec.label} passed the gate but is not faster than production {previous.get('candidate')} "
+            f"({best['p50_ms']:.2f} ms vs {previous['latency_ms']:.2f} ms at {largest})"))
     return PromotionDecision(promoted=True, **decision,
                              reason=f"{spec.label} passed the gate and is the fastest at {largest}")
 
