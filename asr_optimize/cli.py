@@ -33,7 +33,7 @@ def parse_cases(text: str) -> list:
 def run(
     model: Annotated[str, typer.Option(help="hub id, local folder or s3:// URI")] = str(DEFAULT_MODEL),
     revision: Annotated[str | None, typer.Option(help="hub revision (branch, tag or commit sha)")] = None,
-    store: Annotated[str, typer.Option(help="model store: a local folder")] = "model_store",
+    store: Annotated[str, typer.Option(help="a folder, s3://bucket/prefix, or block:<name>")] = "model_store",
     reports: Annotated[str, typer.Option(help="folder for per-run reports")] = "reports",
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     bench_cases: Annotated[str, typer.Option(help="batch x seconds list, e.g. '1x1,1x5,4x5'")] = "1x1,1x5,4x5",

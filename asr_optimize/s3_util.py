@@ -25,7 +25,8 @@ def download_prefix(uri: str, dest: Path) -> Path:
     client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
     try:
         paginator = client.get_paginator("list_objects_v2")
-        keys = [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])]
+        pages = paginator.paginate(Bucket=bucket, Prefix=prefix)
+        keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
         if not keys:
             raise ModelResolutionError(f"{uri} holds no objects")
         for key in keys:

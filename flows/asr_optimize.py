@@ -22,7 +22,7 @@ from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.model_source import ResolvedModel, resolve_model
 from asr_optimize.paths import DEFAULT_MODEL, DEMO_TESTSET
-from asr_optimize.store import ArtifactStore, LocalArtifactStore
+from asr_optimize.store_factory import open_store
 from tasks.benchmark import BenchmarkOptions, RunnerSpec, benchmark_task
 from tasks.common import StageResult, get_logger, retry_on_transient
 from tasks.evaluate import EvaluateOptions, evaluate_task
@@ -102,16 +102,11 @@ def runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResu
     return specs
 
 
-def open_store(store: str) -> ArtifactStore:
-    """A local folder path (the embedded default)."""
-    return LocalArtifactStore(Path(store))
-
-
 @flow(name="asr-optimize", log_prints=True)
 def asr_optimize_flow(
     model: str = str(DEFAULT_MODEL),
     revision: str | None = None,
-    store: str = "model_store",
+    store: str = "model_store",  # a folder, s3://bucket/prefix, or block:<model-store block name>
     reports_dir: str = "reports",
     device: Literal["auto", "cpu", "cuda"] = "auto",
     require_gpu: bool = False,

@@ -67,14 +67,15 @@ def latest_revision(model: str, branch: str = "main") -> str:
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     endpoint = os.environ.get("HF_ENDPOINT") or None
+    where = endpoint or "huggingface.co"
     try:
         info = HfApi(endpoint=endpoint, token=os.environ.get("HF_TOKEN") or None).model_info(model, revision=branch)
     except RepositoryNotFoundError as exc:
-        raise AsrOptimizeError(f"hub ({endpoint or 'huggingface.co'}) has no model {model!r} (or it is private)") from exc
+        raise AsrOptimizeError(f"hub ({where}) has no model {model!r} (or it is private)") from exc
     except RevisionNotFoundError as exc:
         raise AsrOptimizeError(f"model {model!r} has no branch {branch!r}") from exc
     except (HfHubHTTPError, OSError) as exc:
-        raise AsrOptimizeError(f"cannot ask the hub ({endpoint or 'huggingface.co'}) about {model!r}: {exc}") from exc
+        raise AsrOptimizeError(f"cannot ask the hub ({where}) about {model!r}: {exc}") from exc
     if not info.sha:
         raise AsrOptimizeError(f"hub answered for {model!r} without a commit sha")
     return info.sha
