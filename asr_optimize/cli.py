@@ -58,6 +58,34 @@ def run(
 
 
 @app.command()
+def bench(
+    device: Annotated[str, typer.Option(help="cuda (the suite's purpose) or cpu")] = "cuda",
+    model: Annotated[str | None, typer.Option(help="model to time; default: the replica architecture")] = None,
+    cases: Annotated[str, typer.Option(help="batch x seconds list")] = "1x1,1x10,16x10,64x10",
+    iterations: int = 30,
+    store: str = "model_store",
+    out: Annotated[Path | None, typer.Option(help="output folder (default reports/bench-<time>)")] = None,
+    only: Annotated[str, typer.Option(help="comma list: keep runners whose label contains one")] = "",
+    skip_accuracy: bool = False,
+    prepare_only: Annotated[bool, typer.Option(help="only build/reuse the artifacts")] = False,
+) -> None:
+    """GPU benchmark: eager fp32 baseline and every artifact, side by side, plus accuracy on the demo model."""
+    from asr_optimize.errors import AsrOptimizeError
+    from tasks.bench_suite import BenchSuiteOptions, run_suite
+
+    try:
+        summary = run_suite(BenchSuiteOptions(
+            model=model, device=device, cases=parse_cases(cases), iterations=iterations, store=store, out_dir=out,
+            only=[o for o in only.split(",") if o], skip_accuracy=skip_accuracy, prepare_only=prepare_only,
+        ))
+    except AsrOptimizeError as exc:
+        console.print(f"[bold red]asr-optimize bench failed:[/] {exc}")
+        raise typer.Exit(2) from exc
+    bench_md = Path(summary["out_dir"]) / "bench.md"
+    console.print(bench_md.read_text() if bench_md.is_file() else summary)
+
+
+@app.command()
 def capabilities() -> None:
     """Print what this machine can run (GPU, ONNX Runtime providers, TensorRT, tritonserver)."""
     from asr_optimize.capabilities import detect

@@ -23,15 +23,15 @@ from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.model_source import ResolvedModel, resolve_model
 from asr_optimize.paths import DEFAULT_MODEL, DEMO_TESTSET
 from asr_optimize.store_factory import open_store
-from tasks.benchmark import BenchmarkOptions, RunnerSpec, benchmark_task
-from tasks.common import StageResult, get_logger, retry_on_transient
+from tasks.benchmark import BenchmarkOptions, benchmark_task, pipeline_runner_specs
+from tasks.common import get_logger, retry_on_transient
 from tasks.evaluate import EvaluateOptions, evaluate_task
 from tasks.export import ExportOptions, export_task
-from tasks.optimize import FP16_NAME, FP32_NAME, OptimizeOptions, optimize_task
+from tasks.optimize import OptimizeOptions, optimize_task
 from tasks.profile import ProfileOptions, profile_task
 from tasks.promote import promote_task
 from tasks.report import report_task
-from tasks.tensorrt_build import EngineOptions, engine_runner_specs, tensorrt_task
+from tasks.tensorrt_build import EngineOptions, tensorrt_task
 
 
 class PipelineOptions(BaseModel):
@@ -78,30 +78,6 @@ def parity_audio(count: int) -> list[np.ndarray]:
     return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
 
 
-def runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResult, engines: StageResult,
-                 caps: Capabilities, device: str) -> list[RunnerSpec]:
-    """Everything this machine can run, baseline first (PyTorch eager fp32)."""
-    gpu = device == "cuda"
-    specs = [RunnerSpec(label=f"pytorch:eager:fp32@{device}", kind="pytorch", path=model.local_dir, device=device)]
-    if gpu:
-        specs.append(RunnerSpec(label="pytorch:eager:fp16@cuda", kind="pytorch", path=model.local_dir, device="cuda",
-                                precision="fp16"))
-    providers = [p for p in caps.ort_providers if p != "tensorrt"] if gpu else ["cpu"]
-    for provider in providers:
-        if export.artifact_dir:
-            specs.append(RunnerSpec(label=f"onnxruntime:exported:fp32@{provider}", kind="onnxruntime",
-                                    path=export.file("model.onnx"), device=provider))
-        if optimized.artifact_dir:
-            specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp32@{provider}", kind="onnxruntime",
-                                    path=optimized.file(FP32_NAME), device=provider))
-            if optimized.file(FP16_NAME).is_file():
-                specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp16@{provider}", kind="onnxruntime",
-                                        path=optimized.file(FP16_NAME), device=provider, precision="fp16"))
-    if gpu and engines.status in ("ok", "cached"):
-        specs += engine_runner_specs(engines)
-    return specs
-
-
 @flow(name="asr-optimize", log_prints=True)
 def asr_optimize_flow(
     model: str = str(DEFAULT_MODEL),
@@ -138,7 +114,7 @@ def asr_optimize_flow(
     stages = [profile, export, optimized, engines]
 
     report_dir = Path(reports_dir) / run_name
-    specs = runner_specs(resolved, export, optimized, engines, caps, run_device)
+    specs = pipeline_runner_specs(resolved, export, optimized, engines, caps, run_device)
     benchmarks: pd.DataFrame = benchmark_task(specs, opts.benchmark, report_dir)
     evaluation = evaluate_task(specs, resolved.local_dir, opts.evaluate, report_dir)
     promotion = promote_task(specs, evaluation, benchmarks, artifact_store, run_device, resolved.source,

@@ -19,8 +19,10 @@ from pydantic import BaseModel, Field
 from rich.progress import Progress
 
 from asr_optimize.audio import make_batch, synthetic_audio
+from asr_optimize.capabilities import Capabilities
+from asr_optimize.model_source import ResolvedModel
 from asr_optimize.runners.base import Runner, RunnerUnavailable
-from tasks.common import get_logger
+from tasks.common import StageResult, get_logger
 
 BASELINE = "pytorch-cpu-fp32"
 
@@ -139,6 +141,41 @@ def add_baseline_ratios(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
         lambda r: base.get(r["case"], np.nan) / r["p50_ms"] if r.get("status") == "ok" else np.nan, axis=1
     )
     return table
+
+
+def pipeline_runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResult, engines: StageResult,
+                          caps: Capabilities, device: str) -> list[RunnerSpec]:
+    """Every backend this machine can run for the pipeline's artifacts, baseline (PyTorch eager fp32) first."""
+    from tasks.optimize import FP16_NAME, FP32_NAME
+    from tasks.tensorrt_build import engine_runner_specs
+
+    gpu = device == "cuda"
+    specs = [RunnerSpec(label=f"pytorch:eager:fp32@{device}", kind="pytorch", path=model.local_dir, device=device)]
+    if gpu:
+        specs += [
+            RunnerSpec(label="pytorch:eager:fp16@cuda", kind="pytorch", path=model.local_dir, device="cuda",
+                       precision="fp16"),
+            RunnerSpec(label="pytorch:fast+graphs:fp16@cuda", kind="pytorch", path=model.local_dir, device="cuda",
+                       precision="fp16", options={"fast": True}),
+        ]
+    for provider in [p for p in caps.ort_providers if p != "tensorrt"] if gpu else ["cpu"]:
+        if export.artifact_dir:
+            specs.append(RunnerSpec(label=f"onnxruntime:exported:fp32@{provider}", kind="onnxruntime",
+                                    path=export.file("model.onnx"), device=provider))
+        if not optimized.artifact_dir:
+            continue
+        specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp32@{provider}", kind="onnxruntime",
+                                path=optimized.file(FP32_NAME), device=provider))
+        if optimized.file(FP16_NAME).is_file():
+            specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp16@{provider}", kind="onnxruntime",
+                                    path=optimized.file(FP16_NAME), device=provider, precision="fp16"))
+            if provider == "cuda":
+                specs.append(RunnerSpec(label="onnxruntime:optimized+graphs:fp16@cuda", kind="onnxruntime",
+                                        path=optimized.file(FP16_NAME), device="cuda", precision="fp16",
+                                        options={"cuda_graph": True}))
+    if gpu and engines.status in ("ok", "cached"):
+        specs += engine_runner_specs(engines)
+    return specs
 
 
 @task(name="benchmark", tags=["benchmark"])

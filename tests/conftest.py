@@ -13,7 +13,7 @@ TINY_OVERRIDES = {
     "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
     "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
 }
-VOCAB_DIR = Path(__file__).resolve().parent / "data" / "hindi-vocab"
+VOCAB_DIR = Path(__file__).resolve().parents[1] / "asr_optimize" / "assets" / "replica-config"
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

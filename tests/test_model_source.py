@@ -48,7 +48,7 @@ def test_unknown_hub_id_offline_is_not_silently_ignored(monkeypatch: pytest.Monk
 
 
 def test_config_only_folder_is_refused(tmp_path: Path) -> None:
-    src = Path(__file__).parent / "data" / "hindi-vocab"
+    src = Path(__file__).resolve().parents[1] / "asr_optimize" / "assets" / "replica-config"
     with pytest.raises(ModelResolutionError, match="no weights"):
         resolve_model(str(src))
 

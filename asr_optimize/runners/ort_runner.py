@@ -1,6 +1,8 @@
 """ONNX Runtime runner for any available execution provider (CPU, CUDA, TensorRT EP).
 
 On CUDA, inputs are bound to device memory once (I/O binding), so timings measure the model, not copies.
+With ``cuda_graph=True`` each batch shape gets its own session that captures the whole run as one CUDA graph
+(ONNX Runtime replays a graph only for the shapes and buffers it was captured with).
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class OrtRunner(Runner):
 
     backend = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, provider: str = "cpu", precision: str = "fp32", threads: int | None = None):
+    def __init__(self, onnx_path: Path, provider: str = "cpu", precision: str = "fp32", threads: int | None = None,
+                 cuda_graph: bool = False):
         import onnxruntime as ort
 
         if provider not in available_providers():
@@ -40,21 +43,35 @@ class OrtRunner(Runner):
                 f"onnxruntime {ort.__version__} has no {PROVIDERS.get(provider, provider)} here "
                 f"(available: {ort.get_available_providers()})"
             )
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        chain = [PROVIDERS[provider]] + (["CUDAExecutionProvider"] if provider == "tensorrt" else [])
-        if provider != "cpu":
-            chain.append("CPUExecutionProvider")
-        self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=chain)
+        if provider in ("cuda", "tensorrt") and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels torch uses, when not on the library path
+        if cuda_graph and provider != "cuda":
+            raise RunnerUnavailable("CUDA graphs need the CUDA execution provider")
         self.ort = ort
+        self.onnx_path, self.threads, self.cuda_graph = onnx_path, threads, cuda_graph
+        self.session = self._session(provider)
+        self.graph_sessions: dict[tuple[int, ...], Any] = {}
         self.device = provider
         self.precision = precision
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.uses_attention_mask = "attention_mask" in self.input_names
         self.on_gpu = provider in ("cuda", "tensorrt")
+        if cuda_graph:
+            self.backend = "onnxruntime-graph"
+
+    def _session(self, provider: str, cuda_graph: bool = False) -> Any:
+        ort = self.ort
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        chain: list[Any] = [PROVIDERS[provider]] + (["CUDAExecutionProvider"] if provider == "tensorrt" else [])
+        if cuda_graph:
+            chain = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
+        if provider != "cpu":
+            chain.append("CPUExecutionProvider")
+        return ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=chain)
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> Any:
         feeds = {"input_values": np.ascontiguousarray(input_values, dtype=np.float32)}
@@ -64,18 +81,34 @@ class OrtRunner(Runner):
             feeds["attention_mask"] = np.ascontiguousarray(attention_mask, dtype=np.int64)
         if not self.on_gpu:
             return feeds
+        if self.cuda_graph:
+            return self._graph_binding(feeds)
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
         binding.bind_output("logits", "cuda", 0)
         return binding
 
+    def _graph_binding(self, feeds: dict[str, np.ndarray]) -> Any:
+        """A session + binding with fixed device buffers for this shape; the first run captures the graph."""
+        shape = feeds["input_values"].shape
+        logits_shape = self.session.run(["logits"], feeds)[0].shape  # output size for this input shape
+        session = self.graph_sessions.get(shape) or self._session("cuda", cuda_graph=True)
+        self.graph_sessions[shape] = session
+        binding = session.io_binding()
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        output = self.ort.OrtValue.ortvalue_from_shape_and_type(logits_shape, np.float32, "cuda", 0)
+        binding.bind_ortvalue_output("logits", output)
+        return session, binding
+
     def run_prepared(self, prepared: Any) -> Any:
         if not self.on_gpu:
             return self.session.run(["logits"], prepared)[0]
-        self.session.run_with_iobinding(prepared)
-        prepared.synchronize_outputs()
-        return prepared
+        session, binding = prepared if isinstance(prepared, tuple) else (self.session, prepared)
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+        return binding
 
     def to_numpy(self, output: Any) -> np.ndarray:
         if isinstance(output, np.ndarray):
@@ -83,4 +116,5 @@ class OrtRunner(Runner):
         return output.copy_outputs_to_cpu()[0].astype(np.float32, copy=False)
 
     def close(self) -> None:
+        self.graph_sessions.clear()
         del self.session

@@ -23,7 +23,7 @@ def make_grouped_conv_fast(conv: Any) -> Any:
         def __init__(self) -> None:
             super().__init__()
             self.conv = conv
-            groups, k = conv.groups, conv.kernel_size[0]
+            groups = conv.groups
             out_per_group = conv.out_channels // groups
             # [groups, out/g, in/g * k]: matches unfold's (channel, tap) ordering
             self.register_buffer("w", conv.weight.detach().reshape(groups, out_per_group, -1), persistent=False)
