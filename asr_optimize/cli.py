@@ -68,6 +68,7 @@ def bench(
     only: Annotated[str, typer.Option(help="comma list: keep runners whose label contains one")] = "",
     skip_accuracy: bool = False,
     prepare_only: Annotated[bool, typer.Option(help="only build/reuse the artifacts")] = False,
+    compile: Annotated[bool, typer.Option(help="also time torch.compile + CUDA graphs (slow to build)")] = False,
 ) -> None:
     """GPU benchmark: eager fp32 baseline and every artifact, side by side, plus accuracy on the demo model."""
     from asr_optimize.errors import AsrOptimizeError
@@ -77,6 +78,7 @@ def bench(
         summary = run_suite(BenchSuiteOptions(
             model=model, device=device, cases=parse_cases(cases), iterations=iterations, store=store, out_dir=out,
             only=[o for o in only.split(",") if o], skip_accuracy=skip_accuracy, prepare_only=prepare_only,
+            compile=compile,
         ))
     except AsrOptimizeError as exc:
         console.print(f"[bold red]asr-optimize bench failed:[/] {exc}")

@@ -23,7 +23,7 @@ from asr_optimize.eval_data import load_eval_set
 from asr_optimize.model_source import ResolvedModel, init_random_model, resolve_model
 from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
 from asr_optimize.store_factory import open_store
-from tasks.benchmark import BenchCase, BenchmarkOptions, pipeline_runner_specs, run_benchmarks
+from tasks.benchmark import BenchCase, BenchmarkOptions, RunnerSpec, pipeline_runner_specs, run_benchmarks
 from tasks.common import StageResult, get_logger
 from tasks.evaluate import EvaluateOptions, evaluate_backends
 from tasks.export import ExportOptions, export_task
@@ -50,6 +50,7 @@ class BenchSuiteOptions(BaseModel):
     only: list[str] = Field(default_factory=list)  # keep runners whose label contains one of these
     skip_accuracy: bool = False
     prepare_only: bool = False
+    compile: bool = False  # add torch.compile + CUDA graphs (minutes of compilation per batch shape)
 
 
 def replica_model(cache: Path) -> Path:
@@ -69,6 +70,11 @@ def build_artifacts(store: Any, model: ResolvedModel, caps: Any) -> tuple[StageR
     optimized = optimize_task.fn(store, model, export, OptimizeOptions(), waves)
     engines = tensorrt_task.fn(store, model, optimized, caps, EngineOptions(), export=export)
     return export, optimized, engines
+
+
+def compiled_spec(model: ResolvedModel) -> RunnerSpec:
+    return RunnerSpec(label="pytorch:compiled+graphs:fp16@cuda", kind="pytorch", path=model.local_dir,
+                      device="cuda", precision="fp16", options={"fast": True, "compile": True})
 
 
 def _select(specs: list, only: list[str]) -> list:
@@ -98,6 +104,8 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     if opts.prepare_only:
         return summary
     specs = _select(pipeline_runner_specs(model, export, optimized, engines, caps, opts.device), opts.only)
+    if opts.compile and opts.device == "cuda":
+        specs.append(compiled_spec(model))
     bench = run_benchmarks(specs, BenchmarkOptions(cases=opts.cases, warmup=opts.warmup, iterations=opts.iterations,
                                                    max_seconds_per_case=opts.max_seconds_per_case))
     bench.insert(0, "machine", summary["machine"])
@@ -109,6 +117,8 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
         d_export, d_optimized, d_engines = build_artifacts(store, demo, caps)
         demo_specs = _select(pipeline_runner_specs(demo, d_export, d_optimized, d_engines, caps, opts.device),
                              opts.only)
+        if opts.compile and opts.device == "cuda":
+            demo_specs.append(compiled_spec(demo))
         evaluation = evaluate_backends(demo_specs, load_eval_set(), demo.local_dir, EvaluateOptions(), out)
         accuracy = evaluation.table()
         accuracy.to_csv(out / "accuracy.csv", index=False)

@@ -63,7 +63,7 @@ def make_text_manifests(out: Path, n_train: int, n_dev: int, n_test: int, seed: 
 def find_espeak(explicit: str | None = None) -> str:
     """Resolve the espeak-ng binary: an explicit path, $ESPEAK_NG, or the PATH."""
     candidate = explicit or os.environ.get("ESPEAK_NG") or shutil.which("espeak-ng")
-    if not candidate or not Path(candidate).exists() and not shutil.which(candidate):
+    if not candidate or (not Path(candidate).exists() and not shutil.which(candidate)):
         raise FileNotFoundError("espeak-ng not found: install it (apt-get install espeak-ng) or pass --espeak")
     return candidate
 

@@ -21,7 +21,7 @@ class TorchRunner(Runner):
     backend = "pytorch"
 
     def __init__(self, model_dir: Path, device: str = "cpu", precision: str = "fp32", threads: int | None = None,
-                 fast: bool = False):
+                 fast: bool = False, compile: bool = False):
         import torch
 
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -44,6 +44,9 @@ class TorchRunner(Runner):
             optimize_for_inference(self.model)
             torch.backends.cudnn.benchmark = True
             self.backend = "pytorch-fast"
+            if compile:  # inductor fuses LayerNorm/GELU/residual adds and the feature encoder's layout copies
+                self.model = torch.compile(self.model, dynamic=False)
+                self.backend = "pytorch-compiled"
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> Any:
         torch = self.torch
