@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.health import health_check as run_health_check
@@ -120,7 +121,8 @@ def _markdown_artifact(key: str, markdown: str, description: str) -> None:
     create_markdown_artifact(key=key, markdown=markdown, description=description)
 
 
-@task(name="deploy-triton", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_transient)
+@task(name="deploy-triton", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_transient,
+      cache_policy=NO_CACHE)
 def deploy_task(
     artifact: Path,
     model_dir: Path,
@@ -137,7 +139,8 @@ def deploy_task(
     return result
 
 
-@task(name="triton-health", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_transient)
+@task(name="triton-health", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_transient,
+      cache_policy=NO_CACHE)
 def health_check_task(
     url: str, repository: Path, audio: list[np.ndarray], model_name: str = repo_mod.DEFAULT_MODEL_NAME,
     pipeline_name: str = repo_mod.DEFAULT_PIPELINE_NAME, n_requests: int = 20, max_p99_ms: float | None = None,

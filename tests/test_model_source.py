@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_optimize.errors import ModelResolutionError, UnsupportedModelError
+from asr_optimize.errors import ModelResolutionError, TransientError, UnsupportedModelError
 from asr_optimize.model_source import load_model, resolve_model
 
 
@@ -43,7 +43,7 @@ def test_unknown_path_or_id_gives_clear_error() -> None:
 
 def test_unknown_hub_id_offline_is_not_silently_ignored(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(Exception, match="not cached|unreachable|not found"):
+    with pytest.raises((TransientError, ModelResolutionError), match=r"not cached|unreachable|not found"):
         resolve_model("nobody/no-such-model", cache_dir=tmp_path)
 
 

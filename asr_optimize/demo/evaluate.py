@@ -59,7 +59,10 @@ def score(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
 
 
 def transcribe(model: Any, processor: Any, audios: Sequence[np.ndarray], batch_size: int = 16) -> list[str]:
-    """Greedy CTC transcripts, batched by length; the processor pads and normalizes."""
+    """Greedy CTC transcripts, batched by length; the processor pads and normalizes.
+
+    Each row is decoded only over its own frames, so the result does not depend on the batch size.
+    """
     import torch
 
     device = next(model.parameters()).device
@@ -67,26 +70,29 @@ def transcribe(model: Any, processor: Any, audios: Sequence[np.ndarray], batch_s
     out: list[str] = [""] * len(audios)
     model.eval()
     for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
+        idx = order[start : start + batch_size]
         feats = processor([audios[i] for i in idx], sampling_rate=16_000, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            logits = model(
-                feats.input_values.to(device), attention_mask=feats.attention_mask.to(device)
-            ).logits
-        texts = processor.batch_decode(logits.argmax(dim=-1).cpu())
+            logits = model(feats.input_values.to(device), attention_mask=feats.attention_mask.to(device)).logits
+            # frames past a clip's own length are padding: decoding them appends garbage characters
+            lengths = model._get_feat_extract_output_lengths(feats.attention_mask.sum(-1)).tolist()
+        ids = logits.argmax(dim=-1).cpu()
+        texts = [processor.decode(ids[j, : lengths[j]]) for j in range(len(idx))]
         for i, text in zip(idx, texts, strict=True):
             out[i] = plain(text)
     return out
 
 
-def evaluate(model_dir: Path, manifest: Path, limit: int | None = None, device: str = "cpu") -> dict[str, Any]:
-    """Load a model folder offline-capable (local path), decode a manifest, return metrics and transcripts."""
+def evaluate(
+    model_dir: Path, manifest: Path, limit: int | None = None, device: str = "cpu", batch_size: int = 16
+) -> dict[str, Any]:
+    """Load a local model folder, decode a manifest, return metrics (overall, per group) and transcripts."""
     from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
     model = Wav2Vec2ForCTC.from_pretrained(str(model_dir)).to(device)
     processor = Wav2Vec2Processor.from_pretrained(str(model_dir))
     rows = read_manifest(manifest, limit)
-    hyps = transcribe(model, processor, [load_audio(r["audio_path"]) for r in rows])
+    hyps = transcribe(model, processor, [load_audio(r["audio_path"]) for r in rows], batch_size)
     refs = [r["text"] for r in rows]
     result: dict[str, Any] = {"overall": score(refs, hyps)}
     for key in ("kind", "voice_group"):
@@ -108,10 +114,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--manifest", type=Path, default=DEMO_TESTSET_MANIFEST)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--show", type=int, default=5, help="print this many reference/hypothesis pairs")
     p.add_argument("--json", type=Path, help="also write the full result here")
     a = p.parse_args(argv)
-    result = evaluate(a.model, a.manifest, a.limit, a.device)
+    result = evaluate(a.model, a.manifest, a.limit, a.device, a.batch_size)
     for s in result["samples"][: a.show]:
         print(f"REF: {s['ref']}\nHYP: {s['hyp']}\n")
     o = result["overall"]

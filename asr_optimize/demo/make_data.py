@@ -4,7 +4,7 @@ Two steps, usable separately so that synthesis can run on a machine that only ha
 binary (no ``wordfreq``, no network)::
 
     # texts, voices, speeds, pitches for every split -> DIR/{train,dev,test}.text.jsonl
-    python -m asr_optimize.demo.make_data --out DIR --n-train 10000 --n-dev 200 --n-test 120 --seed 0 --texts-only
+    python -m asr_optimize.demo.make_data --out DIR --n-train 10000 --n-dev 200 --n-test 110 --texts-only
     # audio for one text manifest -> OUT/audio/*.wav|flac + OUT/<name>
     python -m asr_optimize.demo.make_data --synthesize DIR/train.text.jsonl --out OUT --name train.jsonl
 
@@ -52,8 +52,12 @@ def make_text_manifests(out: Path, n_train: int, n_dev: int, n_test: int, seed: 
                 # every second test utterance is spoken by a voice variant never heard in training
                 voices = HELD_OUT_VOICES if split == "test" and i % 2 else TRAIN_VOICES
                 row = {
-                    "id": f"{split}-{i:05d}", "text": text, "kind": kind, "voice": rng.choice(voices),
-                    "speed": rng.randint(*SPEED_RANGE), "pitch": rng.randint(*PITCH_RANGE),
+                    "id": f"{split}-{i:05d}",
+                    "text": text,
+                    "kind": kind,
+                    "voice": rng.choice(voices),
+                    "speed": rng.randint(*SPEED_RANGE),
+                    "pitch": rng.randint(*PITCH_RANGE),
                 }
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         paths[split] = path
@@ -85,7 +89,7 @@ def speak(espeak: str, text: str, voice: str, speed: int, pitch: int) -> np.ndar
     if loud.size == 0:
         raise ValueError(f"espeak-ng produced silence for {text!r}")
     pad = int(0.1 * SAMPLE_RATE)
-    return audio[max(0, loud[0] - pad): loud[-1] + pad]
+    return audio[max(0, loud[0] - pad) : loud[-1] + pad]
 
 
 def _synth_job(job: tuple[str, dict[str, Any], str, str]) -> dict[str, Any]:
@@ -101,12 +105,17 @@ def _synth_job(job: tuple[str, dict[str, Any], str, str]) -> dict[str, Any]:
 
 
 def synthesize_manifest(
-    text_manifest: Path, out: Path, name: str = "manifest.jsonl", fmt: str = "wav",
-    espeak: str | None = None, jobs: int | None = None,
+    text_manifest: Path,
+    out: Path,
+    name: str = "manifest.jsonl",
+    fmt: str = "wav",
+    espeak: str | None = None,
+    jobs: int | None = None,
 ) -> Path:
     """Speak every row of a text manifest into ``out/audio/<id>.<fmt>`` and write ``out/<name>``."""
     binary = find_espeak(espeak)
-    rows = [json.loads(line) for line in text_manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = text_manifest.read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines if line.strip()]
     (out / "audio").mkdir(parents=True, exist_ok=True)
     work = []
     for i, row in enumerate(rows):
@@ -128,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--n-train", type=int, default=10_000)
     p.add_argument("--n-dev", type=int, default=200)
-    p.add_argument("--n-test", type=int, default=120)
+    p.add_argument("--n-test", type=int, default=110)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--texts-only", action="store_true", help="write the text manifests and stop")
     p.add_argument("--synthesize", type=Path, help="speak this text manifest into --out")

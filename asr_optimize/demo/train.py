@@ -51,20 +51,45 @@ def build_model(hidden: int = 256, layers: int = 4, heads: int = 4, ffn: int = 1
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     config = Wav2Vec2Config(
-        vocab_size=len(HINDI_VOCAB), pad_token_id=HINDI_VOCAB[PAD_TOKEN], bos_token_id=0, eos_token_id=2,
-        hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
-        conv_dim=[conv] * 7, conv_kernel=[10, 3, 3, 3, 3, 2, 2], conv_stride=[5, 2, 2, 2, 2, 2, 2],
-        conv_bias=True, feat_extract_norm="layer", feat_extract_activation="gelu", do_stable_layer_norm=True,
-        num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, hidden_act="gelu",
-        hidden_dropout=0.05, attention_dropout=0.05, activation_dropout=0.0, feat_proj_dropout=0.05,
-        final_dropout=0.0, layerdrop=0.0, mask_time_prob=0.05, mask_time_length=5, mask_feature_prob=0.0,
-        ctc_loss_reduction="mean", ctc_zero_infinity=True, architectures=["Wav2Vec2ForCTC"],
+        vocab_size=len(HINDI_VOCAB),
+        pad_token_id=HINDI_VOCAB[PAD_TOKEN],
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        conv_dim=[conv] * 7,
+        conv_kernel=[10, 3, 3, 3, 3, 2, 2],
+        conv_stride=[5, 2, 2, 2, 2, 2, 2],
+        conv_bias=True,
+        feat_extract_norm="layer",
+        feat_extract_activation="gelu",
+        do_stable_layer_norm=True,
+        num_conv_pos_embeddings=128,
+        num_conv_pos_embedding_groups=16,
+        hidden_act="gelu",
+        hidden_dropout=0.05,
+        attention_dropout=0.05,
+        activation_dropout=0.0,
+        feat_proj_dropout=0.05,
+        final_dropout=0.0,
+        layerdrop=0.0,
+        mask_time_prob=0.05,
+        mask_time_length=5,
+        mask_feature_prob=0.0,
+        ctc_loss_reduction="mean",
+        ctc_zero_infinity=True,
+        architectures=["Wav2Vec2ForCTC"],
     )
     return Wav2Vec2ForCTC(config)
 
 
 def encode_text(text: str) -> list[int]:
-    """Label ids by longest vocabulary match, space -> ``|`` (the tokenizer's added-token path eats spaces)."""
+    """Label ids by longest vocabulary match, space -> ``|``.
+
+    Not ``tokenizer(text)``: its multi-character (nukta) tokens strip the spaces around them.
+    """
     ids, i = [], 0
     while i < len(text):
         if text[i] == " ":
@@ -72,7 +97,7 @@ def encode_text(text: str) -> list[int]:
             i += 1
             continue
         for size in (2, 1):
-            piece = text[i: i + size]
+            piece = text[i : i + size]
             if len(piece) == size and piece in HINDI_VOCAB:
                 ids.append(HINDI_VOCAB[piece])
                 i += size
@@ -99,7 +124,7 @@ def batches(lengths: list[int], batch_size: int, rng: random.Random) -> Iterator
     """Endless length-bucketed batches: sort by jittered length, cut, shuffle the batch order."""
     while True:
         order = sorted(range(len(lengths)), key=lambda i: lengths[i] * (1 + 0.1 * rng.random()))
-        chunks = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+        chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         rng.shuffle(chunks)
         yield from chunks
 
@@ -114,8 +139,11 @@ def collate(audios: list[np.ndarray], labels: list[list[int]]) -> dict[str, torc
         x[i, : len(a)] = a
         mask[i, : len(a)] = 1
         y[i, : len(lab)] = lab
-    return {"input_values": torch.from_numpy(x), "attention_mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(y)}
+    return {
+        "input_values": torch.from_numpy(x),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(y),
+    }
 
 
 def lr_at(progress: float, step: int, peak: float, warmup: int) -> float:
@@ -165,8 +193,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         for group in opt.param_groups:
             group["lr"] = lr_at(progress, step, args.lr, args.warmup)
         idx = next(feed)
-        batch = {k: v.to(device, non_blocking=True)
-                 for k, v in collate([audios[i] for i in idx], [labels[i] for i in idx]).items()}
+        batch = {
+            k: v.to(device, non_blocking=True)
+            for k, v in collate([audios[i] for i in idx], [labels[i] for i in idx]).items()
+        }
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(**batch).loss
         loss.backward()
@@ -176,8 +206,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         running += loss.detach()
         step += 1
         if step % args.log_every == 0:
-            say(f"step {step} loss {running.item() / args.log_every:.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"{time.time() - start:.0f}s")
+            say(
+                f"step {step} loss {running.item() / args.log_every:.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{time.time() - start:.0f}s"
+            )
             running.zero_()
         if dev_audio and (step % args.eval_every == 0):
             m = score(dev_texts, transcribe(model, processor, dev_audio, batch_size=64))
@@ -189,9 +221,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     model.save_pretrained(out / "model", safe_serialization=True)
     processor.save_pretrained(out / "model")
     processor.feature_extractor.save_pretrained(out / "model")  # preprocessor_config.json for older readers
-    metrics: dict[str, Any] = {"steps": step, "train_seconds": round(train_seconds, 1), "parameters": n_params,
-                               "train_clips": len(audios), "train_hours": round(hours, 3), "dev_history": history,
-                               "args": {k: str(v) for k, v in vars(args).items()}}
+    metrics: dict[str, Any] = {
+        "steps": step,
+        "train_seconds": round(train_seconds, 1),
+        "parameters": n_params,
+        "train_clips": len(audios),
+        "train_hours": round(hours, 3),
+        "dev_history": history,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
     for name, path in (("dev", args.dev), ("test", args.test)):
         if path:
             a, t = load_split(Path(path))

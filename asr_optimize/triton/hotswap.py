@@ -1,0 +1,454 @@
+"""Zero-downtime hot-swap of the acoustic model in a Triton repository (explicit model-control mode).
+
+Steps: write version N+1 beside N -> list both as live (version policy) and load -> wait until N+1 is ready ->
+canary: the canary audio through the ``asr`` pipeline pinned to N+1 (request parameter), scored against the
+reference transcripts by the accuracy gate -> promote (the pipeline's ``acoustic_version`` becomes N+1 and the
+pipeline reloads; after a grace period only the last K versions stay live, older folders are deleted) or roll
+back (N+1 leaves the live list, the model reloads, its folder is deleted; N never stopped serving).
+
+Triton keeps serving the loaded model while a reload is in progress and keeps it if the reload fails, and
+clients reach the acoustic model through the pipeline, which always names its version, so no request ever
+lands on a version that has not passed the canary.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from asr_optimize.errors import TransientError
+from asr_optimize.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
+from asr_optimize.metrics import transcript_parity, wer_cer
+from asr_optimize.triton import repository as repo_mod
+from asr_optimize.triton.repository import BatchingOptions, ModelKind, RepositoryError
+
+Action = Literal["promoted", "rolled_back", "refused"]
+
+
+class TritonUnavailable(TransientError):
+    """Triton cannot be reached (down, refusing connections, timing out) before anything was changed."""
+
+
+@dataclass
+class CanarySet:
+    """Canary utterances: 16 kHz audio, the fp32 reference backend's transcripts, and ground truth if known."""
+
+    ids: list[str]
+    waves: list[np.ndarray]
+    reference_transcripts: list[str]
+    texts: list[str] | None = None
+
+    @classmethod
+    def from_eval_set(cls, eval_set: Any, reference_transcripts: list[str], limit: int | None = None) -> CanarySet:
+        """The first ``limit`` utterances of an ``EvalSet`` with the reference backend's transcripts of them."""
+        utts = eval_set.utterances[: limit or len(eval_set.utterances)]
+        return cls([u.id for u in utts], [u.audio for u in utts], list(reference_transcripts[: len(utts)]),
+                   [u.text for u in utts])
+
+
+class SwapOptions(BaseModel):
+    model_name: str = repo_mod.DEFAULT_MODEL_NAME
+    pipeline_name: str = repo_mod.DEFAULT_PIPELINE_NAME
+    kind: ModelKind | None = None
+    """None: from the artifact (.plan -> tensorrt_plan, .onnx -> python ONNX Runtime model)."""
+    batching: BatchingOptions = Field(default_factory=BatchingOptions)
+    thresholds: GateThresholds = Field(default_factory=lambda: GateThresholds(max_cer_delta=0.002))
+    keep_versions: int = Field(2, ge=1)
+    """Versions left live after promotion (the new one included): K=2 keeps N for a fast manual rollback."""
+    grace_s: float = Field(5.0, ge=0)
+    """Wait this long after promotion before older versions are unloaded (in-flight requests finish)."""
+    load_timeout_s: float = Field(300.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+
+
+class CanaryRow(BaseModel):
+    id: str
+    reference: str
+    triton: str
+
+
+class SwapDecision(BaseModel):
+    """What the hot-swap did and why: the Prefect artifact renders ``markdown()``."""
+
+    model_name: str
+    pipeline_name: str
+    action: Action
+    previous_version: int | None
+    candidate_version: int | None
+    serving_version: int | None
+    live_versions: list[int] = Field(default_factory=list)
+    retired_versions: list[int] = Field(default_factory=list)
+    reasons: list[str] = Field(default_factory=list)
+    gate: GateDecision | None = None
+    canary: list[CanaryRow] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    @property
+    def promoted(self) -> bool:
+        return self.action == "promoted"
+
+    def summary(self) -> str:
+        name = f"{self.model_name} v{self.candidate_version}"
+        if self.promoted:
+            was = f"was v{self.previous_version}" if self.previous_version else "first deployment"
+            return f"{name} promoted: {self.pipeline_name} now serves it ({was})"
+        verb = "rolled back" if self.action == "rolled_back" else "refused"
+        keep = f"v{self.serving_version} keeps serving" if self.serving_version else "nothing was serving"
+        return f"{name} {verb}, {keep}: " + "; ".join(self.reasons)
+
+    def markdown(self) -> str:
+        lines = [f"## Triton hot-swap: {self.action.replace('_', ' ')}", "", f"**{self.summary()}**", "",
+                 "| item | value |", "|---|---|",
+                 f"| previous serving version | {self.previous_version} |",
+                 f"| candidate version | {self.candidate_version} |",
+                 f"| serving now | {self.serving_version} |",
+                 f"| live versions | {self.live_versions} |",
+                 f"| retired versions | {self.retired_versions} |"]
+        lines += [f"| {k} | {v:.2f} s |" for k, v in self.timings.items()]
+        if self.gate is not None:
+            lines += ["", "### Canary gate", "", self.gate.markdown()]
+        differing = [r for r in self.canary if r.reference != r.triton][:10]
+        if differing:
+            lines += ["", "### Canary transcripts that differ (first 10)", "", "| id | reference | triton |",
+                      "|---|---|---|"]
+            lines += [f"| {r.id} | {r.reference} | {r.triton} |" for r in differing]
+        return "\n".join(lines)
+
+
+def http_client(url: str, timeout_s: float = 60.0) -> Any:
+    import tritonclient.http as httpclient
+
+    return httpclient.InferenceServerClient(
+        url.removeprefix("http://"), connection_timeout=timeout_s, network_timeout=timeout_s
+    )
+
+
+def pipeline_transcribe(
+    client: Any, pipeline: str, waves: list[np.ndarray], acoustic_version: int | None = None
+) -> list[str]:
+    """Texts from the ``asr`` pipeline, one request per utterance (optionally pinned to an acoustic version)."""
+    import tritonclient.http as httpclient
+
+    texts = []
+    params = {"acoustic_version": str(acoustic_version)} if acoustic_version is not None else None
+    for wave in waves:
+        audio = np.ascontiguousarray(wave, dtype=np.float32)[None]
+        tensor = httpclient.InferInput("audio", list(audio.shape), "FP32")
+        tensor.set_data_from_numpy(audio)
+        result = client.infer(pipeline, [tensor], parameters=params)
+        texts.append(result.as_numpy("text").reshape(-1)[0].decode("utf-8"))
+    return texts
+
+
+def canary_gate(
+    canary: CanarySet, transcripts: list[str], thresholds: GateThresholds, name: str
+) -> GateDecision:
+    """Score Triton's canary transcripts against the reference backend's with the promotion gate."""
+    truth = canary.texts or canary.reference_transcripts
+    reference = BackendScore.from_metrics(
+        "reference", wer_cer(truth, canary.reference_transcripts, ids=canary.ids),
+        transcript_parity(canary.reference_transcripts, canary.reference_transcripts, ids=canary.ids),
+    )
+    candidate = BackendScore.from_metrics(
+        name, wer_cer(truth, transcripts, ids=canary.ids),
+        transcript_parity(canary.reference_transcripts, transcripts, ids=canary.ids),
+    )
+    return evaluate_gate(reference, candidate, thresholds)
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).strip()[:400]}"
+
+
+def wait_ready(client: Any, name: str, version: int | None, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if client.is_model_ready(name, str(version) if version else ""):
+                return True
+        except Exception:  # a reload in progress or a blip: keep polling until the deadline
+            pass
+        time.sleep(0.2)
+    return False
+
+
+@dataclass
+class _Swap:
+    root: Path
+    artifact: Path
+    model_dir: Path
+    canary: CanarySet
+    opts: SwapOptions
+    client: Any
+    source: str
+    artifact_manifest: dict[str, Any]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.opts.model_name
+
+    @property
+    def pipeline(self) -> str:
+        return self.opts.pipeline_name
+
+    def write_acoustic_config(self, versions: list[int], manifest: repo_mod.VersionManifest) -> None:
+        text = repo_mod.acoustic_config(self.name, manifest.kind, versions, manifest.inputs, manifest.vocab_size,
+                                        self.opts.batching)
+        repo_mod.write_text_atomic(self.root / self.name / "config.pbtxt", text)
+
+    def timed(self, label: str, start: float) -> None:
+        self.timings[label] = round(time.perf_counter() - start, 3)
+
+
+def _incompatible(serving: repo_mod.VersionManifest | None, new: repo_mod.VersionManifest) -> str | None:
+    if serving is None:
+        return None
+    for key in ("kind", "inputs", "vocab_size"):
+        if getattr(serving, key) != getattr(new, key):
+            return (f"{key} {getattr(new, key)!r} differs from serving v{serving.version}'s "
+                    f"{getattr(serving, key)!r}: all versions share one config; deploy under a new model name")
+    return None
+
+
+def hot_swap(
+    root: Path,
+    artifact: Path,
+    model_dir: Path,
+    canary: CanarySet,
+    url: str,
+    opts: SwapOptions | None = None,
+    source: str = "",
+    artifact_manifest: dict[str, Any] | None = None,
+) -> SwapDecision:
+    """Deploy ``artifact`` (an ONNX graph or TensorRT engine of ``model_dir``) as the next version.
+
+    Raises ``TritonUnavailable`` if the server is unreachable before anything changed; every later failure
+    (load error, not ready in time, canary refused, server gone) rolls back and returns the decision.
+    """
+    opts = opts or SwapOptions()
+    root = Path(root)
+    client = http_client(url, opts.request_timeout_s)
+    try:
+        live = bool(client.is_server_live())
+    except Exception as exc:
+        raise TritonUnavailable(f"Triton at {url} is not reachable: {_error(exc)}; nothing was changed") from exc
+    if not live:
+        raise TritonUnavailable(f"Triton at {url} is not live; nothing was changed")
+    kind = opts.kind or repo_mod.kind_for_artifact(artifact)
+    previous = repo_mod.serving_version(root, opts.pipeline_name)
+    old_live = [v for v in repo_mod.live_versions(root, opts.model_name) if v != previous]
+    old_live = [*old_live, previous] if previous else []
+    vocab_size = len(repo_mod.ctc_info(model_dir)["tokens"])
+    swap = _Swap(root, artifact, model_dir, canary, opts, http_client(url, opts.load_timeout_s), source,
+                 {"vocab_size": vocab_size, **(artifact_manifest or {})})
+    decision = SwapDecision(model_name=opts.model_name, pipeline_name=opts.pipeline_name, action="refused",
+                            previous_version=previous, candidate_version=None, serving_version=previous,
+                            live_versions=sorted(old_live))
+    serving_manifest = repo_mod.read_manifest(root, opts.model_name, previous) if previous else None
+    ctc = repo_mod.pipeline_ctc(root, opts.pipeline_name)
+    if previous and ctc is not None and ctc["tokens"] != repo_mod.ctc_info(model_dir)["tokens"]:
+        decision.reasons.append("the new model's vocabulary differs from the serving pipeline's; "
+                                "deploy under a new model and pipeline name")
+        return decision
+
+    new = max(repo_mod.version_dirs(root, opts.model_name) or [0]) + 1
+    decision.candidate_version = new
+    start = time.perf_counter()
+    try:
+        manifest = repo_mod.write_acoustic_version(root, opts.model_name, new, artifact, kind, source,
+                                                   swap.artifact_manifest)
+    except RepositoryError as exc:
+        decision.reasons.append(str(exc))
+        return decision
+    if reason := _incompatible(serving_manifest, manifest):
+        shutil.rmtree(root / opts.model_name / str(new), ignore_errors=True)
+        decision.reasons.append(reason)
+        return decision
+    swap.timed("write", start)
+
+    # load N+1 beside N (N keeps serving during the reload, and stays if the reload fails)
+    start = time.perf_counter()
+    try:
+        swap.write_acoustic_config([*old_live, new], manifest)
+        swap.client.load_model(opts.model_name)
+        if not wait_ready(client, opts.model_name, new, opts.load_timeout_s):
+            raise RuntimeError(f"version {new} not ready after {opts.load_timeout_s:.0f} s")
+        if previous is None:
+            repo_mod.write_pipeline(root, opts.pipeline_name, model_dir, opts.model_name, new,
+                                    "attention_mask" in manifest.inputs, opts.batching.max_batch_size)
+            swap.client.load_model(opts.pipeline_name)
+    except Exception as exc:
+        return _rollback(swap, decision, old_live, manifest, f"loading v{new} failed: {_error(exc)}")
+    swap.timed("load", start)
+
+    # canary through the pipeline, pinned to N+1
+    start = time.perf_counter()
+    try:
+        texts = pipeline_transcribe(client, opts.pipeline_name, canary.waves, acoustic_version=new)
+        gate = canary_gate(canary, texts, opts.thresholds, f"triton:{opts.model_name}/v{new}")
+    except Exception as exc:
+        return _rollback(swap, decision, old_live, manifest, f"canary on v{new} failed: {_error(exc)}")
+    swap.timed("canary", start)
+    decision.gate = gate
+    decision.canary = [CanaryRow(id=i, reference=r, triton=t)
+                       for i, r, t in zip(canary.ids, canary.reference_transcripts, texts, strict=True)]
+    if not gate.passed:
+        return _rollback(swap, decision, old_live, manifest, "canary " + gate.summary())
+
+    # promote: the pipeline now names N+1 (it reloads; the old pipeline instance serves until then)
+    start = time.perf_counter()
+    try:
+        if previous is not None:
+            repo_mod.set_pipeline_version(root, opts.pipeline_name, opts.model_name, new,
+                                          "attention_mask" in manifest.inputs, opts.batching.max_batch_size)
+            swap.client.load_model(opts.pipeline_name)
+        if not wait_ready(client, opts.pipeline_name, None, opts.load_timeout_s):
+            raise RuntimeError(f"{opts.pipeline_name} not ready after promotion")
+        check = pipeline_transcribe(client, opts.pipeline_name, canary.waves[:1])
+        if check != texts[:1]:
+            raise RuntimeError(f"{opts.pipeline_name} answers {check!r} after promotion, expected {texts[:1]!r}")
+    except Exception as exc:
+        if previous is not None:
+            repo_mod.set_pipeline_version(root, opts.pipeline_name, opts.model_name, previous,
+                                          "attention_mask" in manifest.inputs, opts.batching.max_batch_size)
+            _try(lambda: swap.client.load_model(opts.pipeline_name))
+        return _rollback(swap, decision, old_live, manifest, f"promoting v{new} failed: {_error(exc)}")
+    swap.timed("promote", start)
+    decision.action, decision.serving_version = "promoted", new
+    decision.live_versions = sorted([*old_live, new])
+    _retire(swap, decision, manifest)
+    decision.timings = swap.timings
+    return decision
+
+
+def _try(fn: Any) -> str | None:
+    try:
+        fn()
+        return None
+    except Exception as exc:
+        return _error(exc)
+
+
+def _rollback(
+    swap: _Swap, decision: SwapDecision, old_live: list[int], manifest: repo_mod.VersionManifest, reason: str
+) -> SwapDecision:
+    """Take N+1 out of the live list, reload (N keeps serving), delete N+1's folder."""
+    new = manifest.version
+    decision.action = "rolled_back"
+    decision.reasons.append(reason)
+    start = time.perf_counter()
+    if old_live:
+        swap.write_acoustic_config(old_live, manifest)
+        if err := _try(lambda: swap.client.load_model(swap.name)):
+            decision.reasons.append(f"reload after rollback failed ({err}); the config on disk lists "
+                                    f"{old_live}, so a restart or the next load serves only those")
+        elif _failed_record(swap.client, swap.name, new) and (err := _clear_failed_record(swap, old_live, manifest)):
+            decision.reasons.append(f"could not clear Triton's failed-load record of v{new} ({err}); "
+                                    "the server reports not ready until a good version of the model loads")
+    else:  # first deployment: nothing to keep
+        for name in (swap.pipeline, swap.name):
+            _try(lambda n=name: swap.client.unload_model(n))
+        shutil.rmtree(swap.root / swap.pipeline, ignore_errors=True)
+        (swap.root / swap.name / "config.pbtxt").unlink(missing_ok=True)
+    if not _wait_unloaded(swap.client, swap.name, [new]) and _ready(swap.client, swap.name, new):
+        decision.reasons.append(f"v{new} still loaded in Triton; its folder was kept")
+    else:
+        shutil.rmtree(swap.root / swap.name / str(new), ignore_errors=True)
+        if not old_live and not any((swap.root / swap.name).iterdir()):
+            (swap.root / swap.name).rmdir()
+    swap.timed("rollback", start)
+    decision.timings = swap.timings
+    decision.live_versions = sorted(old_live)
+    return decision
+
+
+def _failed_record(client: Any, name: str, version: int) -> bool:
+    """Triton remembers a failed load (and reports the server not ready, strict readiness) until it succeeds."""
+    try:
+        index = client.get_model_repository_index()
+    except Exception:
+        return False
+    return any(e.get("name") == name and e.get("version") == str(version) and e.get("state") == "UNAVAILABLE"
+               and e.get("reason", "unloaded") != "unloaded" for e in index)
+
+
+def _clear_failed_record(swap: _Swap, old_live: list[int], manifest: repo_mod.VersionManifest) -> str | None:
+    """Load a copy of a live version under the failed number, then unload it: readiness is restored.
+
+    The pipeline never routes to it, and a direct unversioned client would get the same answers as the copy's
+    source, so nobody sees a difference.
+    """
+    new = manifest.version
+    target = swap.root / swap.name / str(new)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(swap.root / swap.name / str(max(old_live)), target, copy_function=_link_or_copy)
+    swap.write_acoustic_config([*old_live, new], manifest)
+    err = _try(lambda: swap.client.load_model(swap.name))
+    swap.write_acoustic_config(old_live, manifest)
+    err = _try(lambda: swap.client.load_model(swap.name)) or err
+    _wait_unloaded(swap.client, swap.name, [new])
+    return err
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _wait_unloaded(client: Any, name: str, versions: list[int], timeout_s: float = 60.0) -> bool:
+    """Wait until Triton has finished unloading ``versions`` (in-flight requests on them complete first)."""
+    wanted = {str(v) for v in versions}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            index = client.get_model_repository_index()
+        except Exception:
+            return False
+        if not any(e.get("name") == name and e.get("version") in wanted and e.get("state") != "UNAVAILABLE"
+                   for e in index):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _ready(client: Any, name: str, version: int) -> bool:
+    try:
+        return bool(client.is_model_ready(name, str(version)))
+    except Exception:
+        return False
+
+
+def _retire(swap: _Swap, decision: SwapDecision, manifest: repo_mod.VersionManifest) -> None:
+    """After the grace period keep the newest K versions live; delete folders Triton no longer serves."""
+    live = decision.live_versions
+    keep = sorted(live)[-swap.opts.keep_versions :]
+    if decision.serving_version not in keep:
+        keep.append(decision.serving_version)  # type: ignore[arg-type]
+    drop = [v for v in live if v not in keep]
+    if not drop:
+        return
+    time.sleep(swap.opts.grace_s)
+    start = time.perf_counter()
+    swap.write_acoustic_config(keep, manifest)
+    if err := _try(lambda: swap.client.load_model(swap.name)):
+        decision.reasons.append(f"retiring {drop} failed ({err}); they stay on disk")
+        return
+    _wait_unloaded(swap.client, swap.name, drop)
+    for v in drop:
+        if _ready(swap.client, swap.name, v):
+            decision.reasons.append(f"v{v} still loaded; folder kept")
+            continue
+        shutil.rmtree(swap.root / swap.name / str(v), ignore_errors=True)
+        decision.retired_versions.append(v)
+    decision.live_versions = sorted(keep)
+    swap.timed("retire", start)

@@ -1,0 +1,300 @@
+"""Triton model repository generation: the acoustic model (one folder per version) and the ``asr`` pipeline.
+
+Layout (a local folder; the same layout works for the NGC tritonserver image)::
+
+    <root>/<model_name>/config.pbtxt          platform tensorrt_plan | onnxruntime_onnx, or backend python (ORT)
+    <root>/<model_name>/<N>/model.{plan,onnx} (+ model.py for the python backend) + manifest.json
+    <root>/<pipeline_name>/config.pbtxt       python BLS: audio -> acoustic model -> CTC greedy -> text
+    <root>/<pipeline_name>/1/{model.py,ctc.json}
+
+The acoustic config lists live versions with ``version_policy { specific { versions: [...] } }``; the
+pipeline's ``acoustic_version`` parameter names the one that serves. Both are rewritten atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from asr_optimize.ctc import CtcVocabulary
+from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.triton.backends import CTC_PIPELINE, ORT_ACOUSTIC
+
+ModelKind = Literal["python_onnxruntime", "onnxruntime_onnx", "tensorrt_plan"]
+DEFAULT_MODEL_NAME = "wav2vec2_ctc"
+DEFAULT_PIPELINE_NAME = "asr"
+MANIFEST_NAME = "manifest.json"
+
+
+class RepositoryError(AsrOptimizeError):
+    """The model repository or an artifact for it is missing, malformed or inconsistent."""
+
+
+class BatchingOptions(BaseModel):
+    """Scheduler settings of the acoustic model (the batcher only merges requests of the same shape)."""
+
+    max_batch_size: int = Field(8, ge=1)
+    preferred_batch_sizes: list[int] = Field(default_factory=lambda: [4, 8])
+    max_queue_delay_us: int = Field(2000, ge=0)
+    instance_count: int = Field(1, ge=1)
+    instance_kind: Literal["KIND_CPU", "KIND_GPU", "auto"] = "auto"
+    """auto: GPU for tensorrt_plan / onnxruntime_onnx, CPU for the python ONNX Runtime fallback."""
+    intra_op_threads: int = Field(1, ge=0)
+    """ONNX Runtime threads per instance of the python fallback (0 = ORT default)."""
+
+
+class VersionManifest(BaseModel):
+    """What was deployed as one version (``<N>/manifest.json``); the health check compares Triton with it."""
+
+    model_name: str
+    version: int
+    kind: ModelKind
+    model_file: str
+    sha256: str
+    inputs: list[str]
+    vocab_size: int
+    source: str
+    created: float = Field(default_factory=time.time)
+    artifact_manifest: dict[str, Any] = Field(default_factory=dict)
+
+
+def kind_for_artifact(artifact: Path, python_fallback: bool = True) -> ModelKind:
+    """TensorRT engines -> tensorrt_plan; ONNX -> python ORT model (bundled server) or onnxruntime_onnx."""
+    suffix = artifact.suffix.lower()
+    if suffix in (".plan", ".engine", ".trt"):
+        return "tensorrt_plan"
+    if suffix == ".onnx":
+        return "python_onnxruntime" if python_fallback else "onnxruntime_onnx"
+    raise RepositoryError(f"{artifact}: unknown artifact type {suffix!r} (expected .onnx, .plan or .engine)")
+
+
+def onnx_inputs(onnx_path: Path) -> list[str]:
+    """Graph input names, reading only the graph (no weights)."""
+    import onnx
+
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as exc:  # DecodeError and friends for a corrupt file
+        raise RepositoryError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers]
+
+
+def ctc_info(model_dir: Path) -> dict[str, Any]:
+    """What the pipeline needs to decode: tokens, blank id, conv kernels/strides, normalization."""
+    vocab = CtcVocabulary.from_model_dir(model_dir)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    pre = model_dir / "preprocessor_config.json"
+    normalize = json.loads(pre.read_text(encoding="utf-8")).get("do_normalize", True) if pre.is_file() else True
+    return {
+        "tokens": list(vocab.tokens),
+        "blank_id": vocab.blank_id,
+        "word_delimiter": vocab.word_delimiter,
+        "conv_kernel": config["conv_kernel"],
+        "conv_stride": config["conv_stride"],
+        "do_normalize": bool(normalize),
+    }
+
+
+def _instance_kind(kind: ModelKind, batching: BatchingOptions) -> str:
+    if batching.instance_kind != "auto":
+        return batching.instance_kind
+    return "KIND_CPU" if kind == "python_onnxruntime" else "KIND_GPU"
+
+
+def _params(values: dict[str, str]) -> str:
+    return "\n".join(f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
+
+
+def acoustic_config(
+    name: str, kind: ModelKind, versions: list[int], inputs: list[str], vocab_size: int, batching: BatchingOptions
+) -> str:
+    """config.pbtxt of the acoustic model (dynamic time axis, dynamic batching, explicit live versions)."""
+    header = {
+        "python_onnxruntime": 'backend: "python"',
+        "onnxruntime_onnx": 'platform: "onnxruntime_onnx"',
+        "tensorrt_plan": 'platform: "tensorrt_plan"',
+    }[kind]
+    tensors = ['  { name: "input_values" data_type: TYPE_FP32 dims: [ -1 ] }']
+    if "attention_mask" in inputs:
+        tensors.append('  { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }')
+    preferred = ", ".join(str(b) for b in batching.preferred_batch_sizes if b <= batching.max_batch_size)
+    lines = [
+        f'name: "{name}"',
+        header,
+        f"max_batch_size: {batching.max_batch_size}",
+        f"version_policy: {{ specific: {{ versions: [ {', '.join(str(v) for v in sorted(versions))} ] }} }}",
+        "input [\n" + ",\n".join(tensors) + "\n]",
+        f'output [\n  {{ name: "logits" data_type: TYPE_FP32 dims: [ -1, {vocab_size} ] }}\n]',
+        "dynamic_batching {"
+        + (f" preferred_batch_size: [ {preferred} ]" if preferred else "")
+        + f" max_queue_delay_microseconds: {batching.max_queue_delay_us} }}",
+        f"instance_group [ {{ kind: {_instance_kind(kind, batching)} count: {batching.instance_count} }} ]",
+    ]
+    if kind == "python_onnxruntime":
+        lines.append(_params({"intra_op_threads": str(batching.intra_op_threads)}))
+    return "\n".join(lines) + "\n"
+
+
+def pipeline_config(name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int) -> str:
+    """config.pbtxt of the ``asr`` BLS pipeline: FP32 audio in, BYTES text out."""
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            'backend: "python"',
+            f"max_batch_size: {max_batch_size}",
+            "input [",
+            '  { name: "audio" data_type: TYPE_FP32 dims: [ -1 ] },',
+            '  { name: "audio_length" data_type: TYPE_INT64 dims: [ 1 ] optional: true }',
+            "]",
+            'output [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]',
+            "instance_group [ { kind: KIND_CPU count: 1 } ]",
+            _params(
+                {
+                    "acoustic_model": acoustic_name,
+                    "acoustic_version": str(acoustic_version),
+                    "acoustic_has_mask": "true" if has_mask else "false",
+                }
+            ),
+        ]
+    ) + "\n"
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write to a temp name in the same folder, then rename (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def version_dirs(root: Path, name: str) -> list[int]:
+    """Numeric version folders present on disk (live or not)."""
+    folder = root / name
+    if not folder.is_dir():
+        return []
+    return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def write_acoustic_version(
+    root: Path,
+    name: str,
+    version: int,
+    artifact: Path,
+    kind: ModelKind,
+    source: str = "",
+    artifact_manifest: dict[str, Any] | None = None,
+) -> VersionManifest:
+    """Copy the artifact into ``<root>/<name>/<version>/`` via a staging folder renamed into place."""
+    if not artifact.is_file():
+        raise RepositoryError(f"artifact not found: {artifact}")
+    target = root / name / str(version)
+    if target.exists():
+        raise RepositoryError(f"{target} already exists; versions are never overwritten")
+    staging = root / name / f".staging-{version}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        if kind == "tensorrt_plan":
+            model_file = "model.plan"
+            shutil.copy2(artifact, staging / model_file)
+            inputs = list((artifact_manifest or {}).get("inputs", ["input_values", "attention_mask"]))
+        else:
+            model_file = "model.onnx"
+            inputs = onnx_inputs(artifact)
+            shutil.copy2(artifact, staging / model_file)
+            for extra in artifact.parent.glob(artifact.name + ".data"):  # external weights, if any
+                shutil.copy2(extra, staging / extra.name)
+            if kind == "python_onnxruntime":
+                shutil.copy2(ORT_ACOUSTIC, staging / "model.py")
+        manifest = VersionManifest(
+            model_name=name,
+            version=version,
+            kind=kind,
+            model_file=model_file,
+            sha256=sha256_file(staging / model_file),
+            inputs=inputs,
+            vocab_size=int((artifact_manifest or {}).get("vocab_size", 0)),
+            source=source or str(artifact),
+            artifact_manifest=artifact_manifest or {},
+        )
+        (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(root: Path, name: str, version: int) -> VersionManifest | None:
+    path = root / name / str(version) / MANIFEST_NAME
+    return VersionManifest.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def write_pipeline(
+    root: Path, name: str, model_dir: Path, acoustic_name: str, acoustic_version: int, has_mask: bool,
+    max_batch_size: int = 8,
+) -> None:
+    """(Re)write the ``asr`` pipeline: model.py, ctc.json and config.pbtxt naming the serving version."""
+    version_dir = root / name / "1"
+    version_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(version_dir / "model.py", CTC_PIPELINE.read_text(encoding="utf-8"))
+    write_text_atomic(version_dir / "ctc.json", json.dumps(ctc_info(model_dir), ensure_ascii=False, indent=1))
+    set_pipeline_version(root, name, acoustic_name, acoustic_version, has_mask, max_batch_size)
+
+
+def set_pipeline_version(
+    root: Path, name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int = 8
+) -> None:
+    write_text_atomic(
+        root / name / "config.pbtxt",
+        pipeline_config(name, acoustic_name, acoustic_version, has_mask, max_batch_size),
+    )
+
+
+def pipeline_ctc(root: Path, name: str) -> dict[str, Any] | None:
+    path = root / name / "1" / "ctc.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def read_config(root: Path, name: str) -> Any:
+    """Parse ``<root>/<name>/config.pbtxt`` into Triton's ModelConfig protobuf (from tritonclient)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    path = root / name / "config.pbtxt"
+    if not path.is_file():
+        return None
+    try:
+        return text_format.Parse(path.read_text(encoding="utf-8"), model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise RepositoryError(f"{path}: malformed config.pbtxt: {exc}") from exc
+
+
+def live_versions(root: Path, name: str) -> list[int]:
+    """Versions the acoustic config asks Triton to keep loaded."""
+    config = read_config(root, name)
+    return sorted(config.version_policy.specific.versions) if config is not None else []
+
+
+def serving_version(root: Path, pipeline: str) -> int | None:
+    """The acoustic version the pipeline sends traffic to."""
+    config = read_config(root, pipeline)
+    if config is None or "acoustic_version" not in config.parameters:
+        return None
+    return int(config.parameters["acoustic_version"].string_value)

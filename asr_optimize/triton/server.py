@@ -1,0 +1,253 @@
+"""Start and stop the real ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel, on loopback.
+
+That build serves the python backend only. Its python-backend stub embeds CPython in isolated mode (it ignores
+PYTHONPATH) and finds packages through the ``python3`` first on PATH (a venv's ``pyvenv.cfg``). The stub was
+built against numpy 1.x: with numpy 2 it silently corrupts tensors (wrong values, empty outputs). When the
+current environment has numpy >= 2, a small side venv is made once (numpy<2 in its own site-packages, then
+this environment's site-packages through a .pth file) and put first on the stub's PATH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+from asr_optimize.capabilities import find_tritonserver
+from asr_optimize.errors import AsrOptimizeError
+
+STUB_ENV_VAR = "ASR_OPTIMIZE_TRITON_STUB_ENV"
+
+
+class TritonServerError(AsrOptimizeError):
+    """The bundled tritonserver is missing or failed to start; the message includes its log tail."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "asr-optimize"
+
+
+def stub_python_env(cache_root: Path | None = None) -> Path | None:
+    """Folder to put first on the stub's PATH (its ``bin``), or None when this env's numpy is already < 2."""
+    import numpy as np
+
+    if override := os.environ.get(STUB_ENV_VAR):
+        return Path(override)
+    if int(np.__version__.split(".")[0]) < 2:
+        return None
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    digest = hashlib.sha256(sys.prefix.encode()).hexdigest()[:10]
+    env_dir = (cache_root or _cache_root()) / f"triton-stub-env-{tag}-{digest}"
+    if (env_dir / "ok").is_file():
+        return env_dir
+    env_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=env_dir.name + ".", dir=env_dir.parent))
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--clear", str(tmp)], check=True,
+                       capture_output=True)
+        site = tmp / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+        pip = subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), "numpy<2"],
+            capture_output=True, text=True,
+        )
+        if pip.returncode != 0:
+            raise TritonServerError(
+                "the bundled tritonserver's python backend needs numpy<2 beside this environment's numpy "
+                f"{np.__version__}, and installing it failed: {pip.stderr.strip()[-500:]}. Make such a venv by "
+                f"hand and point {STUB_ENV_VAR} at it"
+            )
+        parent_site = sysconfig.get_paths()["purelib"]
+        (site / "zz_asr_optimize_parent_env.pth").write_text(f"import site; site.addsitedir({parent_site!r})\n")
+        (tmp / "ok").write_text(f"numpy<2 for the triton python backend stub; packages from {parent_site}\n")
+        # venv writes absolute paths into pyvenv.cfg only for `home`, so the folder can be renamed
+        if (env_dir / "ok").is_file():  # another process won the race
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            os.replace(tmp, env_dir)
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise TritonServerError(f"cannot create the stub venv: {exc.stderr!r}") from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return env_dir
+
+
+class TritonServer:
+    """A tritonserver process in explicit model-control mode on free loopback ports.
+
+    ``with TritonServer(repo, load=["asr"]) as server: ... server.http_url`` (``host:port``, no scheme).
+    """
+
+    def __init__(
+        self,
+        repository: Path,
+        load: list[str] | None = None,
+        work_dir: Path | None = None,
+        binary: str | None = None,
+        log_verbose: int = 0,
+    ) -> None:
+        self.repository = Path(repository).resolve()
+        self.load = list(load or [])
+        self.binary = binary or find_tritonserver()
+        self._own_work_dir = work_dir is None
+        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tritonserver-"))
+        self.log_verbose = log_verbose
+        self.process: subprocess.Popen[bytes] | None = None
+        self.http_port = self.grpc_port = self.metrics_port = 0
+        self.log_path = self.work_dir / "tritonserver.log"
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def _backends(self) -> Path:
+        """Copy the wheel's backends and put the stub for this Python beside the python backend."""
+        assert self.binary is not None
+        server_root = Path(self.binary).resolve().parent.parent
+        target = self.work_dir / "backends"
+        if not (target / "python" / "triton_python_backend_stub").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(server_root / "backends", target)
+            stub = server_root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+            stub = stub / "triton_python_backend_stub"
+            if stub.is_file():
+                shutil.copy2(stub, target / "python" / "triton_python_backend_stub")
+        return target
+
+    def _env(self) -> dict[str, str]:
+        assert self.binary is not None
+        env = dict(os.environ)
+        libs = []
+        wheel_libs = Path(self.binary).resolve().parents[3] / "nvidia_pytriton.libs"
+        if wheel_libs.is_dir():
+            libs.append(str(wheel_libs))
+        libdir = sysconfig.get_config_var("LIBDIR")
+        if libdir:
+            libs.append(str(libdir))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+        paths = [str(Path(sys.executable).parent)]
+        stub_env = stub_python_env()
+        if stub_env is not None:
+            paths.insert(0, str(stub_env / "bin"))
+        env["PATH"] = os.pathsep.join([*paths, env.get("PATH", "")])
+        return env
+
+    def start(self, timeout_s: float = 120.0) -> TritonServer:
+        """Launch and wait until the server is live and the requested models are ready."""
+        if self.binary is None:
+            raise TritonServerError(
+                "tritonserver not found: install nvidia-pytriton==0.7.0 (pip install --no-deps) or put it on PATH"
+            )
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        backends, env = self._backends(), self._env()
+        for attempt in range(3):
+            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+            args = [
+                self.binary, f"--model-repository={self.repository}", f"--backend-directory={backends}",
+                "--model-control-mode=explicit", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
+                f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
+                f"--metrics-port={self.metrics_port}", "--exit-timeout-secs=10", f"--log-verbose={self.log_verbose}",
+                *[f"--load-model={m}" for m in self.load],
+            ]
+            log = self.log_path.open("ab")
+            self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+            log.close()
+            if self._wait_ready(timeout_s):
+                return self
+            in_use = "address already in use" in self.log_tail().lower()
+            self.stop()
+            if not in_use or attempt == 2:
+                break
+        raise TritonServerError(f"tritonserver did not become ready in {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def _wait_ready(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            if self._get("/v2/health/live") and all(self._get(f"/v2/models/{m}/ready") for m in self.load):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def _get(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}{path}", timeout=2) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if not self.log_path.is_file():
+            return "(no log)"
+        return self.log_path.read_bytes()[-chars:].decode("utf-8", "replace")
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM (Triton finishes in-flight requests), then SIGKILL if it hangs."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self._own_work_dir:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def __enter__(self) -> TritonServer:
+        return self.start() if not self.running else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.cleanup()
+
+
+@contextlib.contextmanager
+def bundled_triton(repository: Path, load: list[str] | None = None, timeout_s: float = 120.0) -> Iterator[TritonServer]:
+    """Run the bundled tritonserver for the duration of a ``with`` block."""
+    server = TritonServer(repository, load=load)
+    try:
+        yield server.start(timeout_s)
+    finally:
+        server.cleanup()

@@ -1,0 +1,93 @@
+"""Helpers for tests against the real bundled tritonserver: skip reason, ONNX fixtures, a concurrent client."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr_optimize.capabilities import find_tritonserver
+
+
+def triton_skip_reason() -> str | None:
+    """Why the Triton tests cannot run here, or None."""
+    if find_tritonserver() is None:
+        return "tritonserver binary not found (pip install --no-deps nvidia-pytriton==0.7.0)"
+    try:
+        import tritonclient.http  # noqa: F401
+    except ImportError:
+        return "tritonclient not installed (pip install 'tritonclient[http,grpc]')"
+    return None
+
+
+requires_triton = pytest.mark.skipif(triton_skip_reason() is not None, reason=str(triton_skip_reason()))
+
+
+def export(model_dir: Path, out_dir: Path) -> Path:
+    """ONNX export (with parity check against PyTorch) of a model folder; returns the .onnx path."""
+    from asr_optimize.audio import synthetic_audio
+    from tasks.export import ONNX_NAME, ExportOptions, export_onnx
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    export_onnx(model_dir, out_dir, ExportOptions(), synthetic_audio(2, 1.0, seed=3))
+    return out_dir / ONNX_NAME
+
+
+def corrupt_weights(onnx_path: Path, out: Path) -> Path:
+    """A graph that parses but whose largest weight has the wrong byte length: ONNX Runtime refuses it."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    biggest = max(model.graph.initializer, key=lambda t: len(t.raw_data))
+    biggest.raw_data = biggest.raw_data[: len(biggest.raw_data) // 2]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out))
+    return out
+
+
+def copy_artifact(src: Path, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, out)
+    return out
+
+
+class ClientLoop:
+    """Sends ``asr`` requests back to back from a thread and records every outcome."""
+
+    def __init__(self, url: str, pipeline: str, wave: np.ndarray) -> None:
+        self.url, self.pipeline, self.wave = url, pipeline, wave
+        self.texts: list[str] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+
+        client = http_client(self.url, 30)
+        while not self._stop.is_set():
+            try:
+                self.texts.extend(pipeline_transcribe(client, self.pipeline, [self.wave]))
+            except Exception as exc:
+                self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def __enter__(self) -> ClientLoop:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self.texts and not self.errors and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        time.sleep(0.3)  # a few requests after the swap finished
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    @property
+    def outcomes(self) -> Counter[str]:
+        return Counter(self.texts)
