@@ -23,15 +23,28 @@ from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.model_source import ResolvedModel, resolve_model
 from asr_optimize.paths import DEFAULT_MODEL, DEMO_TESTSET
 from asr_optimize.store_factory import open_store
+from asr_optimize.triton.hotswap import SwapOptions
 from tasks.benchmark import BenchmarkOptions, benchmark_task, pipeline_runner_specs
-from tasks.common import get_logger, retry_on_transient
-from tasks.evaluate import EvaluateOptions, evaluate_task
+from tasks.common import StageResult, get_logger, retry_on_transient, skipped
+from tasks.deploy_triton import canary_from_eval_set, deploy_task, health_check_task, triton_endpoint
+from tasks.evaluate import EvaluateOptions, evaluate_task, load_eval_task
 from tasks.export import ExportOptions, export_task
 from tasks.optimize import OptimizeOptions, optimize_task
 from tasks.profile import ProfileOptions, profile_task
-from tasks.promote import promote_task
+from tasks.promote import PromotionDecision, choose_candidate_task, move_production_task
 from tasks.report import report_task
 from tasks.tensorrt_build import EngineOptions, tensorrt_task
+
+
+class TritonOptions(BaseModel):
+    """Where the promoted artifact is served. No URL: the bundled tritonserver is started on loopback."""
+
+    enabled: bool = True
+    url: str | None = None
+    repository: str = "triton_repository"
+    swap: SwapOptions = Field(default_factory=SwapOptions)
+    canary_utterances: int = 16
+    health_requests: int = 20
 
 
 class PipelineOptions(BaseModel):
@@ -43,6 +56,7 @@ class PipelineOptions(BaseModel):
     tensorrt: EngineOptions = Field(default_factory=EngineOptions)
     benchmark: BenchmarkOptions = Field(default_factory=BenchmarkOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
+    triton: TritonOptions = Field(default_factory=lambda: TritonOptions())
     parity_utterances: int = 4
 
 
@@ -76,6 +90,33 @@ def parity_audio(count: int) -> list[np.ndarray]:
         rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
         return [load_audio(DEMO_TESTSET / row["audio"]) for row in rows[:count]]
     return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
+
+
+def deploy_stage(promotion: PromotionDecision, eval_set: Any, model: ResolvedModel, caps: Capabilities,
+                 opts: TritonOptions) -> StageResult:
+    """Hot-swap the promoted artifact into Triton (canary, rollback) and health-check it, or say why not."""
+    if not opts.enabled:
+        return skipped("deploy-triton", "disabled (options.triton.enabled = false)")
+    if not promotion.promoted or not promotion.artifact:
+        return skipped("deploy-triton", f"nothing to deploy: {promotion.reason}")
+    if opts.url is None and not caps.tritonserver:
+        return skipped("deploy-triton", "no Triton URL configured and no tritonserver binary found "
+                                        "(pip install --no-deps nvidia-pytriton==0.7.0)")
+    if opts.url is None and not promotion.artifact.endswith(".onnx"):
+        return skipped("deploy-triton", "the bundled tritonserver serves only ONNX through its python backend; "
+                                        f"{promotion.artifact} needs a Triton URL (NGC image)")
+    repository = Path(opts.repository).resolve()
+    canary = canary_from_eval_set(eval_set, model.local_dir, limit=opts.canary_utterances)
+    with triton_endpoint(opts.url, repository) as url:
+        result = deploy_task(Path(promotion.artifact), model.local_dir, repository, url, canary, opts.swap,
+                             source=promotion.candidate or "")
+        if result.status == "ok":
+            health = health_check_task(url, repository, canary.waves, model_name=opts.swap.model_name,
+                                       pipeline_name=opts.swap.pipeline_name, n_requests=opts.health_requests)
+            result.metrics["health"] = health.status
+            result.metrics["health_p50_ms"] = health.metrics.get("latency_p50_ms")
+            result.metrics["health_p99_ms"] = health.metrics.get("latency_p99_ms")
+    return result
 
 
 @flow(name="asr-optimize", log_prints=True)
@@ -116,9 +157,14 @@ def asr_optimize_flow(
     report_dir = Path(reports_dir) / run_name
     specs = pipeline_runner_specs(resolved, export, optimized, engines, caps, run_device)
     benchmarks: pd.DataFrame = benchmark_task(specs, opts.benchmark, report_dir)
-    evaluation = evaluate_task(specs, resolved.local_dir, opts.evaluate, report_dir)
-    promotion = promote_task(specs, evaluation, benchmarks, artifact_store, run_device, resolved.source,
-                             resolved.revision)
+    eval_set = load_eval_task(opts.evaluate.source)
+    evaluation = evaluate_task(specs, eval_set, resolved.local_dir, opts.evaluate, report_dir)
+    promotion = choose_candidate_task(specs, evaluation, benchmarks, artifact_store, run_device, resolved.source)
+    deployment = deploy_stage(promotion, eval_set, resolved, caps, opts.triton)
+    stages.append(deployment)
+    if promotion.promoted and deployment.status in ("ok", "skipped"):
+        move_production_task(artifact_store, promotion, run_device, resolved.source, resolved.revision,
+                             {"triton": deployment.status, **deployment.metrics})
     run_info: dict[str, Any] = {
         "run_name": run_name, "model": resolved.source, "revision": resolved.revision, "code_version": __version__,
         "device": run_device, "gpu": caps.gpu_name or "none", "tensorrt": caps.tensorrt_version or caps.tensorrt_reason,

@@ -119,11 +119,18 @@ def evaluate_backends(specs: list[RunnerSpec], eval_set: EvalSet, model_dir: Pat
     )
 
 
-@task(name="evaluate", tags=["evaluate"])
-def evaluate_task(specs: list[RunnerSpec], model_dir: Path, opts: EvaluateOptions, out_dir: Path) -> EvaluationResult:
-    """Load the evaluation set, score every backend, and gate them; per-utterance CSV in ``out_dir``."""
-    eval_set = load_eval_set(opts.source, progress=True)
+@task(name="load-eval-set", retries=2, retry_delay_seconds=10)
+def load_eval_task(source: EvalSource) -> EvalSet:
+    """Load the evaluation speech once (demo set, manifest or HF dataset); bad rows are counted and skipped."""
+    eval_set = load_eval_set(source, progress=True)
     get_logger().info("evaluate: %s", eval_set.summary())
     if eval_set.bad_rows:
         get_logger().warning("evaluate: %d bad rows skipped, e.g. %s", len(eval_set.bad_rows), eval_set.bad_rows[:3])
+    return eval_set
+
+
+@task(name="evaluate", tags=["evaluate"])
+def evaluate_task(specs: list[RunnerSpec], eval_set: EvalSet, model_dir: Path, opts: EvaluateOptions,
+                  out_dir: Path) -> EvaluationResult:
+    """Score every backend on ``eval_set`` and gate them; per-utterance CSV in ``out_dir``."""
     return evaluate_backends(specs, eval_set, model_dir, opts, out_dir)

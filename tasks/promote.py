@@ -56,19 +56,23 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
                              reason=f"{spec.label} passed the gate and is the fastest at {largest}")
 
 
-@task(name="promote")
-def promote_task(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: pd.DataFrame,
-                 store: ArtifactStore, device: str, model: str, revision: str) -> PromotionDecision:
-    """Move the store's ``production`` pointer to the chosen artifact (history kept), or explain why not."""
-    pointer = production_pointer(slugify_model(model))
-    decision = choose_candidate(specs, evaluation, benchmarks, store, device, pointer)
+@task(name="choose-candidate")
+def choose_candidate_task(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: pd.DataFrame,
+                          store: ArtifactStore, device: str, model: str) -> PromotionDecision:
+    """Pick the artifact to promote (or say why none); the pointer moves only after deployment succeeds."""
+    decision = choose_candidate(specs, evaluation, benchmarks, store, device, production_pointer(slugify_model(model)))
     log = get_logger()
-    if decision.promoted:
-        store.write_pointer(pointer, {
-            "candidate": decision.candidate, "artifact": decision.artifact, "case": decision.case,
-            "latency_ms": decision.latency_ms, "device": device, "model": model, "revision": revision,
-        })
-        log.info("promote: production -> %s (%s)", decision.candidate, decision.reason)
-    else:
-        log.warning("promote: production unchanged: %s", decision.reason)
+    (log.info if decision.promoted else log.warning)("promote: %s", decision.reason)
     return decision
+
+
+@task(name="move-production-pointer")
+def move_production_task(store: ArtifactStore, decision: PromotionDecision, device: str, model: str,
+                         revision: str, deployment: dict[str, Any] | None = None) -> None:
+    """Point the model's ``production`` at the promoted artifact (history kept; the old value stays there)."""
+    store.write_pointer(production_pointer(slugify_model(model)), {
+        "candidate": decision.candidate, "artifact": decision.artifact, "case": decision.case,
+        "latency_ms": decision.latency_ms, "device": device, "model": model, "revision": revision,
+        "deployment": deployment or {},
+    })
+    get_logger().info("promote: production -> %s", decision.candidate)
