@@ -18,7 +18,7 @@ from tests.servers import VENV_BIN, prefect_server
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 STAGE_TASKS = {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "benchmark",
-               "evaluate", "promote", "report"}
+               "load-eval-set", "evaluate", "choose-candidate", "deploy-triton", "report"}
 
 
 def client_env(server: dict[str, str]) -> dict[str, str]:

@@ -46,7 +46,7 @@ def test_flow_runs_end_to_end_and_reuses_cache(server: dict[str, str], tiny_mode
     tasks = _api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
     names = {t["name"].rsplit("-", 1)[0] for t in tasks}
     assert {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "benchmark",
-            "report"} <= names
+            "load-eval-set", "evaluate", "choose-candidate", "report"} <= names
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
     artifacts = {a["key"] for a in _api(server, "/artifacts/filter", {})}
     assert {"asr-optimize-report", "asr-optimize-benchmarks", "asr-optimize-stages"} <= artifacts
