@@ -92,6 +92,11 @@ def parity_audio(count: int) -> list[np.ndarray]:
     return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
 
 
+def on_device(stage_task: Any, device: str) -> Any:
+    """The task with the ``gpu`` tag when it runs on CUDA: the `gpu` concurrency limit then serialises GPU work."""
+    return stage_task.with_options(tags={*stage_task.tags, "gpu"}) if device == "cuda" else stage_task
+
+
 def deploy_stage(promotion: PromotionDecision, eval_set: Any, model: ResolvedModel, caps: Capabilities,
                  opts: TritonOptions) -> StageResult:
     """Hot-swap the promoted artifact into Triton (canary, rollback) and health-check it, or say why not."""
@@ -148,7 +153,8 @@ def asr_optimize_flow(
 
     resolved = resolve_task(model, revision)
     waves = parity_audio(opts.parity_utterances)
-    profile = profile_task(artifact_store, resolved, opts.profile.model_copy(update={"device": run_device}))
+    profile_opts = opts.profile.model_copy(update={"device": run_device})
+    profile = on_device(profile_task, run_device)(artifact_store, resolved, profile_opts)
     export = export_task(artifact_store, resolved, opts.export, waves)
     optimized = optimize_task(artifact_store, resolved, export, opts.optimize, waves)
     engines = tensorrt_task(artifact_store, resolved, optimized, caps, opts.tensorrt, export=export)
@@ -156,9 +162,9 @@ def asr_optimize_flow(
 
     report_dir = Path(reports_dir) / run_name
     specs = pipeline_runner_specs(resolved, export, optimized, engines, caps, run_device)
-    benchmarks: pd.DataFrame = benchmark_task(specs, opts.benchmark, report_dir)
+    benchmarks: pd.DataFrame = on_device(benchmark_task, run_device)(specs, opts.benchmark, report_dir)
     eval_set = load_eval_task(opts.evaluate.source)
-    evaluation = evaluate_task(specs, eval_set, resolved.local_dir, opts.evaluate, report_dir)
+    evaluation = on_device(evaluate_task, run_device)(specs, eval_set, resolved.local_dir, opts.evaluate, report_dir)
     promotion = choose_candidate_task(specs, evaluation, benchmarks, artifact_store, run_device, resolved.source)
     deployment = deploy_stage(promotion, eval_set, resolved, caps, opts.triton)
     stages.append(deployment)
