@@ -1,6 +1,7 @@
 """Why was the CUDA-graph variant slow at large batches, and does torch.compile help? (H100 diagnosis run).
 
-Run from the repository root on a GPU host: ``PYTHONPATH=. python3 benchmarks/h100-2026-11-24/diagnose_graphs_compile.py``
+Run from the repository root on a GPU host:
+``PYTHONPATH=. python3 benchmarks/h100-2026-11-24/diagnose_graphs_compile.py``
 (after ``asr-optimize bench`` has written the replica model to ~/.cache/asr-optimize). Output of the 2026-11-24 run:
 ``diagnose_graphs_compile.txt`` beside this file.
 """
