@@ -47,28 +47,15 @@ def check_waveform(wave: np.ndarray, name: str = "audio", sample_rate: int = SAM
     return array
 
 
-def resample(wave: np.ndarray, orig_sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Polyphase resampling (scipy), exact for rational ratios such as 22050 -> 16000."""
-    if orig_sr == target_sr:
-        return wave.astype(np.float32, copy=False)
-    from math import gcd
-
-    from scipy.signal import resample_poly
-
-    g = gcd(orig_sr, target_sr)
-    return resample_poly(wave, target_sr // g, orig_sr // g).astype(np.float32)
-
-
 def load_audio(path: Path | str) -> np.ndarray:
-    """Read an audio file as 16 kHz mono float32 (downmix + resample as needed)."""
-    import soundfile as sf
+    """Read an audio file as 16 kHz mono float32 (downmix + resample as needed, via ``eval_data.read_audio``)."""
+    from asr_optimize.eval_data import AudioDecodeError, read_audio
 
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
+        wave = read_audio(path)
+    except AudioDecodeError as exc:
         raise AudioInputError(f"cannot read audio {path}: {exc}") from exc
-    mono = data.mean(axis=1)
-    return check_waveform(resample(mono, sr), name=str(path))
+    return check_waveform(wave, name=str(path))
 
 
 def make_batch(waves: list[np.ndarray], normalize: bool = True, pad_to: int | None = None) -> AudioBatch:

@@ -81,14 +81,10 @@ def resolve_task(model: str, revision: str | None) -> ResolvedModel:
 
 def parity_audio(count: int) -> list[np.ndarray]:
     """A few real utterances from the bundled test set (synthetic audio if it is not there)."""
-    manifest = DEMO_TESTSET / "manifest.jsonl"
-    if manifest.is_file():
-        import json
+    if (DEMO_TESTSET / "manifest.jsonl").is_file():
+        from asr_optimize.eval_data import load_eval_set
 
-        from asr_optimize.audio import load_audio
-
-        rows = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return [load_audio(DEMO_TESTSET / row["audio"]) for row in rows[:count]]
+        return [u.audio for u in load_eval_set().utterances[:count]]
     return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
 
 
