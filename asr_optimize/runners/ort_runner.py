@@ -2,7 +2,9 @@
 
 On CUDA, inputs are bound to device memory once (I/O binding), so timings measure the model, not copies.
 With ``cuda_graph=True`` each batch shape gets its own session that captures the whole run as one CUDA graph
-(ONNX Runtime replays a graph only for the shapes and buffers it was captured with).
+(ONNX Runtime replays a graph only for the shapes and buffers it was captured with). Those sessions load the graph
+with its input shapes fixed: ONNX Runtime then folds the shape arithmetic, which it would otherwise place on the
+CPU, and a graph with any CPU node cannot be captured ("cannot use the graph capture feature").
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class OrtRunner(Runner):
         if cuda_graph:
             self.backend = "onnxruntime-graph"
 
-    def _session(self, provider: str, cuda_graph: bool = False) -> Any:
+    def _session(self, provider: str, cuda_graph: bool = False, fixed_shape: tuple[int, ...] | None = None) -> Any:
         ort = self.ort
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -71,7 +73,20 @@ class OrtRunner(Runner):
             chain = [("CUDAExecutionProvider", {"enable_cuda_graph": "1"})]
         if provider != "cpu":
             chain.append("CPUExecutionProvider")
-        return ort.InferenceSession(str(self.onnx_path), sess_options=options, providers=chain)
+        model: Any = str(self.onnx_path)
+        if fixed_shape is not None:
+            model = self._fixed_shape_model(fixed_shape)
+        return ort.InferenceSession(model, sess_options=options, providers=chain)
+
+    def _fixed_shape_model(self, shape: tuple[int, ...]) -> bytes:
+        """The graph with every input fixed to ``shape`` (input_values and attention_mask share it)."""
+        import onnx
+        from onnxruntime.tools.onnx_model_utils import make_input_shape_fixed
+
+        model = onnx.load(str(self.onnx_path))
+        for graph_input in model.graph.input:
+            make_input_shape_fixed(model.graph, graph_input.name, list(shape))
+        return model.SerializeToString()
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> Any:
         feeds = {"input_values": np.ascontiguousarray(input_values, dtype=np.float32)}
@@ -93,7 +108,7 @@ class OrtRunner(Runner):
         """A session + binding with fixed device buffers for this shape; the first run captures the graph."""
         shape = feeds["input_values"].shape
         logits_shape = self.session.run(["logits"], feeds)[0].shape  # output size for this input shape
-        session = self.graph_sessions.get(shape) or self._session("cuda", cuda_graph=True)
+        session = self.graph_sessions.get(shape) or self._session("cuda", cuda_graph=True, fixed_shape=shape)
         self.graph_sessions[shape] = session
         binding = session.io_binding()
         for name, array in feeds.items():
