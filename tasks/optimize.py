@@ -56,6 +56,37 @@ def _save(model: onnx.ModelProto, path: Path) -> None:
                     location=path.name + ".data")
 
 
+def cast_bool_tiles(model: onnx.ModelProto) -> int:
+    """Wrap ``Tile`` on bool tensors as Cast(int32) -> Tile -> Cast(bool). Returns how many were rewritten.
+
+    ONNX Runtime's CUDA provider has no bool ``Tile``, so wav2vec2's padding-mask expansion ran on the CPU, and a
+    single CPU node stops ONNX Runtime from capturing the run as a CUDA graph. Same values, all nodes on CUDA.
+    """
+    from onnx import TensorProto, helper
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except ValueError:  # graphs over 2 GB cannot be inferred in memory; they keep the CPU Tile
+        return 0
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]}
+    rewritten, nodes = 0, []
+    for node in model.graph.node:
+        if node.op_type == "Tile" and types.get(node.input[0]) == TensorProto.BOOL:
+            as_int, tiled = f"{node.input[0]}__int32", f"{node.output[0]}__int32"
+            nodes.append(helper.make_node("Cast", [node.input[0]], [as_int], to=TensorProto.INT32,
+                                          name=f"{node.name}/cast_in"))
+            nodes.append(helper.make_node("Tile", [as_int, node.input[1]], [tiled], name=node.name))
+            nodes.append(helper.make_node("Cast", [tiled], [node.output[0]], to=TensorProto.BOOL,
+                                          name=f"{node.name}/cast_out"))
+            rewritten += 1
+        else:
+            nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return rewritten
+
+
 def simplify_onnx(model: onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
     """onnxsim constant folding / dead-node removal. Returns (model, outcome)."""
     try:
@@ -92,18 +123,26 @@ def optimize_onnx(
         variants["simplified"] = (out_dir / SIMPLIFIED_NAME, opts.fp32_parity_atol)
         del simplified
 
+    # plain ONNX still (shape inference cannot type contrib ops): fix what would keep nodes off the GPU first
+    base = onnx.load(str(onnx_path))
+    metrics["bool_tiles_cast"] = cast_bool_tiles(base)
+    prepared = out_dir / "model.prepared.onnx"
+    _save(base, prepared)
+    del base
     fused: dict[str, int] = {}
     if opts.transformer_fusions:
         fusion = FusionOptions("bert")
         fusion.use_multi_head_attention = opts.use_multi_head_attention
         optimizer = optimize_model(
-            str(onnx_path), model_type="bert", num_heads=config["num_attention_heads"],
+            str(prepared), model_type="bert", num_heads=config["num_attention_heads"],
             hidden_size=config["hidden_size"], opt_level=0, use_gpu=False, optimization_options=fusion,
         )
         fused = {k: int(v) for k, v in optimizer.get_fused_operator_statistics().items() if v}
         model = optimizer.model
     else:
-        model = onnx.load(str(onnx_path))
+        model = onnx.load(str(prepared))
+    for leftover in out_dir.glob("model.prepared.onnx*"):
+        leftover.unlink()
     if opts.simplify:
         model, outcome = simplify_onnx(model)
         metrics["onnxsim_after_fusion"] = outcome
