@@ -146,6 +146,9 @@ def bench_markdown(summary: dict[str, Any], bench: pd.DataFrame, accuracy: pd.Da
         lines += ["", "Accuracy on the demo model and test set (same backends):", "",
                   "| backend | WER | CER | identical transcripts | gate |", "|---|---|---|---|---|"]
         for _, r in accuracy.iterrows():
-            lines.append(f"| {r['backend']} | {r['wer']:.2%} | {r['cer']:.2%} | {r['identical_transcripts']:.1%} "
-                         f"| {r['gate']} |")
+            if r["status"] != "ok":
+                lines.append(f"| {r['backend']} | - | - | - | {r['status']}: {r['reasons'][:80]} |")
+                continue
+            same = "-" if r["gate"] == "reference" else f"{r['identical_transcripts']:.1%}"
+            lines.append(f"| {r['backend']} | {r['wer']:.2%} | {r['cer']:.2%} | {same} | {r['gate']} |")
     return "\n".join(lines) + "\n"
