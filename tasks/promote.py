@@ -28,9 +28,13 @@ class PromotionDecision(BaseModel):
     reason: str
 
 
+MIN_LATENCY_GAIN = 0.05  # below 5 % faster, a new artifact is noise, not worth a swap in production
+
+
 def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: pd.DataFrame,
-                     store: ArtifactStore, device: str, pointer: str) -> PromotionDecision:
-    """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production."""
+                     store: ArtifactStore, device: str, pointer: str,
+                     min_gain: float = MIN_LATENCY_GAIN) -> PromotionDecision:
+    """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production by ``min_gain``."""
     passing = set(evaluation.passing())
     artifacts = {s.label: s for s in specs if s.kind != "pytorch" and s.label in passing}
     previous = store.read_pointer(pointer)
@@ -47,11 +51,13 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
     spec = artifacts[best["runner"]]
     decision = dict(candidate=spec.label, artifact=str(spec.path), case=largest, latency_ms=float(best["p50_ms"]),
                     previous=previous)
+    if previous and previous.get("artifact") == str(spec.path):
+        return PromotionDecision(promoted=False, **decision, reason=f"{spec.label} is already in production")
     comparable = previous and previous.get("device") == device and previous.get("case") == largest
-    if comparable and float(best["p50_ms"]) >= float(previous["latency_ms"]):
+    if comparable and float(best["p50_ms"]) >= float(previous["latency_ms"]) * (1 - min_gain):
         return PromotionDecision(promoted=False, **decision, reason=(
-            f"{spec.label} passed the gate but is not faster than production {previous.get('candidate')} "
-            f"({best['p50_ms']:.2f} ms vs {previous['latency_ms']:.2f} ms at {largest})"))
+            f"{spec.label} passed the gate but is not {min_gain:.0%} faster than production "
+            f"{previous.get('candidate')} ({best['p50_ms']:.2f} ms vs {previous['latency_ms']:.2f} ms at {largest})"))
     return PromotionDecision(promoted=True, **decision,
                              reason=f"{spec.label} passed the gate and is the fastest at {largest}")
 

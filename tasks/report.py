@@ -88,7 +88,12 @@ def write_report(
     md += [f"- **{k}**: {v}" for k, v in run_info.items()]
     md += ["", "## Stages", _markdown_table(stage_rows, ["stage", "status", "reason", "seconds"])]
     if accuracy is not None and not accuracy.empty:
-        md += ["## Accuracy", _markdown_table(accuracy, list(accuracy.columns))]
+        shown = accuracy.copy()
+        for column in ("wer", "cer", "identical_transcripts", "cer_vs_reference"):
+            if column in shown:
+                shown[column] = shown[column].map(lambda v: "-" if pd.isna(v) else f"{v:.2%}")
+        md += ["## Accuracy (WER/CER with the Vistaar Hindi normalization; gate vs the fp32 reference)",
+               _markdown_table(shown, list(shown.columns))]
     if not benchmarks.empty:
         ok = benchmarks[benchmarks["status"] == "ok"]
         md += ["## Benchmarks (ratios against PyTorch eager fp32 measured in this run)",

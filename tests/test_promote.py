@@ -1,0 +1,67 @@
+"""Promotion: only a gate-passing artifact, only if clearly faster than production, never the same one twice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from asr_optimize.gate import BackendScore, evaluate_gate
+from asr_optimize.store import LocalArtifactStore
+from tasks.benchmark import RunnerSpec
+from tasks.evaluate import BackendEvaluation, EvaluationResult
+from tasks.promote import choose_candidate
+
+SPECS = [
+    RunnerSpec(label="ref", kind="pytorch", path=Path("/m")),
+    RunnerSpec(label="fast", kind="onnxruntime", path=Path("/a/fast.onnx")),
+    RunnerSpec(label="broken", kind="onnxruntime", path=Path("/a/broken.onnx")),
+]
+
+
+REFERENCE = BackendScore(name="ref", wer=0.10, cer=0.03, n_utterances=10)
+
+
+def _entry(label: str, wer: float) -> BackendEvaluation:
+    """A backend scored by the real gate: same WER passes, +2 points fails."""
+    score = BackendScore(name=label, wer=wer, cer=0.03 + (wer - 0.10), n_utterances=10,
+                         identical_fraction=1.0 if wer == 0.10 else 0.8)
+    return BackendEvaluation(label=label, status="ok", score=score, decision=evaluate_gate(REFERENCE, score))
+
+
+def _evaluation(fast_wer: float = 0.10) -> EvaluationResult:
+    return EvaluationResult(reference="ref", eval_set={}, backends=[
+        BackendEvaluation(label="ref", status="ok", score=REFERENCE), _entry("fast", fast_wer),
+        _entry("broken", 0.12)])
+
+
+def _bench(fast_ms: float, broken_ms: float = 1.0) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"runner": r, "case": "4x5s", "batch": 4, "seconds": 5.0, "status": "ok", "p50_ms": ms}
+        for r, ms in (("ref", 100.0), ("fast", fast_ms), ("broken", broken_ms))
+    ])
+
+
+def test_fastest_passing_artifact_is_chosen_not_a_faster_failing_one(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    decision = choose_candidate(SPECS, _evaluation(), _bench(40.0), store, "cpu", "m.production")
+    assert decision.promoted and decision.candidate == "fast"  # 'broken' is faster but failed the gate
+
+
+def test_no_promotion_when_nothing_passes(tmp_path: Path) -> None:
+    evaluation = _evaluation(fast_wer=0.12)
+    decision = choose_candidate(SPECS, evaluation, _bench(40.0), LocalArtifactStore(tmp_path), "cpu", "m.production")
+    assert not decision.promoted and "no artifact passed the accuracy gate" in decision.reason
+
+
+def test_production_is_kept_unless_clearly_faster(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    store.write_pointer("m.production", {"candidate": "old", "artifact": "/a/old.onnx", "case": "4x5s",
+                                         "latency_ms": 41.0, "device": "cpu"})
+    noise = choose_candidate(SPECS, _evaluation(), _bench(40.0), store, "cpu", "m.production")
+    assert not noise.promoted and "not 5% faster" in noise.reason
+    assert choose_candidate(SPECS, _evaluation(), _bench(30.0), store, "cpu", "m.production").promoted
+    store.write_pointer("m.production", {"candidate": "fast", "artifact": "/a/fast.onnx", "case": "4x5s",
+                                         "latency_ms": 90.0, "device": "cpu"})
+    same = choose_candidate(SPECS, _evaluation(), _bench(30.0), store, "cpu", "m.production")
+    assert not same.promoted and "already in production" in same.reason
