@@ -20,6 +20,8 @@ from typing import Any
 
 import boto3
 
+from tests.servers import stop_process
+
 REGION = "us-east-1"
 
 
@@ -91,9 +93,4 @@ def moto_s3_fixture(tmp_path_factory: Any) -> Iterator[MotoServer]:
     try:
         yield server
     finally:
-        server.process.terminate()
-        try:
-            server.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            server.process.kill()
-            server.process.wait()
+        stop_process(server.process, timeout=5)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.servers import VENV_BIN, prefect_server
+from tests.servers import VENV_BIN, prefect_server, stop_process
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
@@ -114,11 +114,7 @@ def test_dev_deployment_completes_every_stage_on_a_process_worker(
             state = httpx.get(f"{deployed['PREFECT_API_URL']}/flow_runs/{flow_run['id']}", timeout=30).json()[
                 "state_type"]
     finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, timeout=30)
     log = worker_log.read_text()
     assert state == "COMPLETED", log[-6000:]
 
