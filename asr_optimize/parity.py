@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
+from asr_optimize.metrics import max_abs_logit_diff
 from asr_optimize.runners.base import Runner, transcribe
 
 
@@ -22,10 +23,13 @@ class ParityReport(BaseModel):
 
 
 def compare_logits(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float]:
-    """Max and mean |difference| over valid frames of each utterance."""
-    diffs = [np.abs(r.astype(np.float32) - c.astype(np.float32)) for r, c in zip(reference, candidate, strict=True)]
-    flat = np.concatenate([d.ravel() for d in diffs]) if diffs else np.zeros(1)
-    return float(flat.max()), float(flat.mean())
+    """Max (``inf`` if any value is not finite) and mean |difference| over each utterance's valid frames."""
+    pairs = list(zip(reference, candidate, strict=True))
+    if not pairs:
+        return 0.0, 0.0
+    largest = max(max_abs_logit_diff(r, c) for r, c in pairs)
+    mean = float(np.concatenate([np.abs(r.astype(np.float32) - c.astype(np.float32)).ravel() for r, c in pairs]).mean())
+    return largest, mean
 
 
 def check_parity(

@@ -35,14 +35,11 @@ def read_manifest(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
     return rows[:limit] if limit else rows
 
 
-def load_audio(path: str, sample_rate: int = 16_000) -> np.ndarray:
-    """Read a mono float32 clip and insist on the expected sample rate."""
-    import soundfile as sf
+def load_audio(path: str) -> np.ndarray:
+    """A clip as 16 kHz mono float32 (the project's decoder: downmix and resample as needed)."""
+    from asr_optimize.audio import load_audio as load_16k
 
-    audio, rate = sf.read(path, dtype="float32", always_2d=False)
-    if rate != sample_rate:
-        raise ValueError(f"{path}: {rate} Hz, expected {sample_rate}")
-    return audio if audio.ndim == 1 else audio.mean(axis=1)
+    return load_16k(path)
 
 
 def plain(text: str) -> str:
@@ -51,11 +48,11 @@ def plain(text: str) -> str:
 
 
 def score(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
-    """Corpus CER and WER with jiwer after ``plain`` normalization."""
-    import jiwer
+    """Corpus CER and WER (jiwer, through ``metrics.wer_cer``) with whitespace collapsed and nothing else."""
+    from asr_optimize.metrics import wer_cer
 
-    r, h = [plain(t) for t in refs], [plain(t) for t in hyps]
-    return {"cer": float(jiwer.cer(r, h)), "wer": float(jiwer.wer(r, h)), "n": len(r)}
+    rates = wer_cer(refs, hyps, normalize=False)
+    return {"cer": rates.cer, "wer": rates.wer, "n": rates.n_utterances}
 
 
 def transcribe(model: Any, processor: Any, audios: Sequence[np.ndarray], batch_size: int = 16) -> list[str]:

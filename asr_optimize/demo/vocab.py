@@ -1,88 +1,15 @@
-"""The IndicWav2Vec Hindi character vocabulary (a copy of its vocab.json), shared by the demo tools."""
+"""The IndicWav2Vec Hindi character vocabulary, shared by the demo tools."""
 
 from __future__ import annotations
 
-#: token -> id, identical to ``indicwav2vec-hindi``'s vocab.json; ``<pad>`` (1) is the CTC blank,
-#: ``|`` the word delimiter. Nukta letters are two code points (decomposed), as NFC leaves them.
-HINDI_VOCAB: dict[str, int] = {
-    "<s>": 0,
-    "<pad>": 1,
-    "</s>": 2,
-    "<unk>": 3,
-    "ख": 4,
-    "भ": 5,
-    "|": 6,
-    "ध": 7,
-    "्": 8,
-    "ॠ": 9,
-    "ट": 10,
-    "ै": 11,
-    "औ": 12,
-    "ब": 13,
-    "उ": 14,
-    "ड": 15,
-    "ड़": 16,
-    "अ": 17,
-    "आ": 18,
-    "ओ": 19,
-    "म": 20,
-    "त": 21,
-    "ञ": 22,
-    "ी": 23,
-    "छ": 24,
-    "ऊ": 25,
-    "ष": 26,
-    "ँ": 27,
-    "ए": 28,
-    "ो": 29,
-    "य": 30,
-    "च": 31,
-    "ऋ": 32,
-    "ं": 33,
-    "घ": 34,
-    "ङ": 35,
-    "ज": 36,
-    "फ": 37,
-    "ग": 38,
-    "क": 39,
-    "ई": 40,
-    "ठ": 41,
-    "ौ": 42,
-    "क़": 43,
-    "ॅ": 44,
-    "ि": 45,
-    "ऐ": 46,
-    "़": 47,
-    "ग़": 48,
-    "ु": 49,
-    "ऍ": 50,
-    "श": 51,
-    "ऑ": 52,
-    "ृ": 53,
-    "ढ": 54,
-    "ा": 55,
-    "ॉ": 56,
-    "ख़": 57,
-    "व": 58,
-    "े": 59,
-    "ज़": 60,
-    "प": 61,
-    "फ़": 62,
-    "स": 63,
-    "थ": 64,
-    "ह": 65,
-    "र": 66,
-    "न": 67,
-    "ल": 68,
-    "ण": 69,
-    "ः": 70,
-    "ढ़": 71,
-    "द": 72,
-    "झ": 73,
-    "य़": 74,
-    "इ": 75,
-    "ू": 76,
-}
+import json
+
+from asr_optimize.paths import REPLICA_CONFIG
+
+#: token -> id, read from the packaged ``indicwav2vec-hindi`` vocab.json (asr_optimize/assets/replica-config);
+#: ``<pad>`` (1) is the CTC blank, ``|`` the word delimiter. Nukta letters are two code points, as NFC leaves them.
+HINDI_VOCAB: dict[str, int] = json.loads((REPLICA_CONFIG / "vocab.json").read_text(encoding="utf-8"))
+
 PAD_TOKEN = "<pad>"
 UNK_TOKEN = "<unk>"
 WORD_DELIMITER = "|"
