@@ -24,15 +24,11 @@ class RunnerUnavailable(Exception):
 class Runner(ABC):
     """Base class of every backend runner."""
 
-    backend: str = "base"  # pytorch | onnxruntime | tensorrt | triton
+    backend: str = "base"  # pytorch | onnxruntime | tensorrt | triton | fused
     precision: str = "fp32"
     device: str = "cpu"
     uses_attention_mask: bool = True
-
-    @property
-    def name(self) -> str:
-        """A stable label such as ``onnxruntime-cuda-fp16`` used in tables and charts."""
-        return f"{self.backend}-{self.device}-{self.precision}"
+    label: str = ""  # set by ``registry.build_runner``: ``<kind>:<variant>:<precision>@<device>``
 
     @abstractmethod
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> Any:
