@@ -27,3 +27,11 @@ class ParityError(AsrOptimizeError):
 
 class TransientError(Exception):
     """A fault worth retrying (network blip, endpoint briefly down). Only these are retried."""
+
+
+class UnsafePathError(StoreError):
+    """A key or name would map outside the folder it belongs to (``..``, absolute path, symlink escape)."""
+
+
+class NoSpaceError(StoreError):
+    """The disk (or quota) filled up while writing; nothing half-written was published."""
