@@ -5,6 +5,14 @@ everything that determines its contents (inputs, parameters, stage code). A fold
 only once its ``manifest.json`` exists, and the manifest lists the sha256 of every file, so a crash never
 leaves a half artifact that looks whole.
 
+Trust: nothing read back is trusted. ``get`` checks every file's sha256 against the manifest (a damaged artifact is
+reported and reads as absent, so it is rebuilt), an unreadable manifest reads as absent, and every name from a
+manifest or a ref is joined with ``safe_join`` so it cannot leave the store.
+
+Concurrency: the local store publishes by renaming one complete folder onto the final name (atomic); a writer that
+loses the race discards its own copy and reuses the winner's. A published folder is never deleted in place: a damaged
+one is moved aside under a per-artifact lock, then replaced.
+
 ``LocalArtifactStore`` is the embedded default (a folder). The S3 store lives in ``asr_optimize.s3_store``
 and follows the same interface; stages only ever see local folders.
 """
@@ -12,27 +20,45 @@ and follows the same interface; stages only ever see local folders.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import platform
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from asr_optimize import __version__
 from asr_optimize.errors import StoreError
+from asr_optimize.fileio import (
+    atomic_write_text,
+    check_pointer_name,
+    disk_full_errors,
+    fsync_dir,
+    new_dir,
+    safe_join,
+    umask,
+)
 from asr_optimize.hashing import sha256_file
 
+logger = logging.getLogger(__name__)
+
 MANIFEST_NAME = "manifest.json"
+STAGING_DIR = ".staging"
+LOCKS_DIR = ".locks"
+STALE_STAGING_S = 24 * 3600.0
+"""Leftovers in ``.staging/`` untouched this long belong to a dead run and are swept when a store opens."""
 
 
 class FileEntry(BaseModel):
@@ -68,6 +94,8 @@ class Manifest(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
     environment: dict[str, str] = Field(default_factory=dict)
+    upload_id: str | None = None
+    """S3 only: the unique prefix the data files were staged under before this manifest committed them."""
 
 
 class StoredArtifact(BaseModel):
@@ -76,14 +104,27 @@ class StoredArtifact(BaseModel):
     manifest: Manifest
     local_dir: Path
     location: str
+    reused: bool = False
+    """True when ``put`` found the artifact already published (e.g. by a concurrent run) and kept that one."""
 
     def file(self, name: str) -> Path:
         return self.local_dir / name
 
 
 def slugify_model(model: str) -> str:
-    """A filesystem- and S3-safe name for a model id or path."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "--", model.strip("/")).strip("-")[-80:] or "model"
+    """A filesystem- and S3-safe name for a model id, path or URI, independent of how a path is spelled.
+
+    ``./m``, ``m`` and ``/abs/m`` name one folder, so they share one slug (and one production pointer); hub ids and
+    ``s3://`` URIs are used as written. The slug is one path segment that is never ``.`` or ``..``.
+    """
+    text = str(model).strip()
+    if not text.startswith("s3://"):
+        with contextlib.suppress(OSError, RuntimeError):
+            if Path(text).expanduser().exists():  # a local folder: its real location, however it was spelled
+                text = str(Path(text).expanduser().resolve())
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", text.strip("/"))[-80:]
+    slug = slug.lstrip(".-").rstrip("-")
+    return slug or "model"
 
 
 def production_pointer(model_slug: str) -> str:
@@ -101,6 +142,32 @@ def describe_files(folder: Path) -> dict[str, FileEntry]:
     return entries
 
 
+def verify_files(folder: Path, manifest: Manifest) -> str | None:
+    """Why ``folder`` does not hold exactly what ``manifest`` lists (size and sha256), or None if it does."""
+    for rel, entry in manifest.files.items():
+        path = safe_join(folder, rel)
+        if not path.is_file():
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != entry.size:
+            return f"{rel} has {size} bytes, its manifest says {entry.size}"
+        if sha256_file(path) != entry.sha256:
+            return f"{rel} does not match its manifest sha256"
+    return None
+
+
+def read_manifest(path: Path) -> Manifest | None:
+    """The manifest at ``path``; None (with a warning) when it is missing, truncated or not a manifest."""
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, ValidationError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning("artifact manifest %s is unreadable (%s): treating the artifact as absent", path, first)
+        return None
+
+
 def runtime_environment() -> dict[str, str]:
     """Versions that decide whether an artifact is valid elsewhere."""
     import onnxruntime
@@ -115,19 +182,95 @@ def runtime_environment() -> dict[str, str]:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
+    """Write JSON to a temp file beside ``path`` and rename it into place (umask-respecting)."""
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (between processes and between threads: each call opens its own file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, ensure_ascii=False, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _link_or_copy(src: str, dst: str) -> str:
+    """Hard-link on the same filesystem (instant, no extra space), else copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+    return dst
+
+
+def copy_tree_shared(src: Path, dst: Path) -> None:
+    """Copy ``src`` into the existing folder ``dst`` with folder modes from the umask (not the source's 0700)."""
+    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=_link_or_copy)
+    mode = 0o777 & ~umask()
+    for folder in [dst, *(p for p in dst.rglob("*") if p.is_dir())]:
+        os.chmod(folder, mode)
+
+
+def publish_folder(complete: Path, final: Path, existing_ok: Callable[[], Any | None], trash: Path,
+                   lock: Path) -> Any | None:
+    """Rename the complete folder ``complete`` onto ``final``; None when ours is now published.
+
+    When ``final`` already exists, ``existing_ok()`` decides: a value means a valid artifact is there, so ours is
+    discarded and that value returned. An invalid folder there (damaged, or a pre-manifest leftover) is moved aside
+    into ``trash`` under ``lock`` and ours takes its place. A valid published folder is never removed.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(10):
+        try:
+            os.rename(complete, final)
+            fsync_dir(final.parent)
+            return None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+        with file_lock(lock):
+            if (found := existing_ok()) is not None:
+                shutil.rmtree(complete, ignore_errors=True)
+                return found
+            with contextlib.suppress(FileNotFoundError):
+                aside = new_dir(trash, "replaced-")
+                os.rename(final, aside / final.name)
+                logger.warning("moved the damaged or incomplete folder %s aside to %s", final, aside)
+                try:
+                    os.rename(complete, final)
+                    fsync_dir(final.parent)
+                    return None
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+    raise StoreError(f"cannot publish {final}: it kept changing under concurrent writers")
+
+
+def sweep_stale(folder: Path, max_age_s: float) -> int:
+    """Remove entries of ``folder`` in which nothing changed for ``max_age_s`` (a killed run's leftovers)."""
+    if not folder.is_dir():
+        return 0
+    now, removed = time.time(), 0
+    for entry in folder.iterdir():
+        try:
+            paths = [entry, *entry.rglob("*")] if entry.is_dir() else [entry]
+            newest = max(p.lstat().st_mtime for p in paths)
+        except OSError:
+            continue  # removed meanwhile by its owner
+        if now - newest > max_age_s:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+            removed += 1
+    if removed:
+        logger.info("swept %d stale leftover(s) older than %.0f h from %s", removed, max_age_s / 3600, folder)
+    return removed
 
 
 class ArtifactStore(ABC):
@@ -156,7 +299,9 @@ class ArtifactStore(ABC):
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A scratch folder for a stage to write into; removed afterwards whatever happens."""
-        scratch = Path(tempfile.mkdtemp(prefix="asr-optimize-stage-"))
+        import tempfile
+
+        scratch = new_dir(Path(tempfile.gettempdir()), "asr-optimize-stage-")
         try:
             yield scratch
         finally:
@@ -166,7 +311,7 @@ class ArtifactStore(ABC):
 class LocalArtifactStore(ArtifactStore):
     """A folder: ``artifacts/<ref.path>/`` per artifact, ``pointers/<name>.json`` per pointer."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, stale_after_s: float = STALE_STAGING_S) -> None:
         self.root = Path(root).expanduser().resolve()
         try:
             (self.root / "artifacts").mkdir(parents=True, exist_ok=True)
@@ -176,31 +321,34 @@ class LocalArtifactStore(ArtifactStore):
             probe.unlink()
         except OSError as exc:
             raise StoreError(f"model store {self.root} is not writable: {exc.strerror or exc}") from exc
+        sweep_stale(self.root / STAGING_DIR, stale_after_s)
 
     def describe(self) -> str:
         return f"local folder {self.root}"
 
     def _dir(self, ref: ArtifactRef) -> Path:
-        return self.root / "artifacts" / ref.path
+        return safe_join(self.root / "artifacts", ref.path)
+
+    def _lock(self, ref: ArtifactRef) -> Path:
+        return self.root / LOCKS_DIR / (hashlib.sha256(ref.path.encode()).hexdigest()[:32] + ".lock")
 
     def get(self, ref: ArtifactRef) -> StoredArtifact | None:
         folder = self._dir(ref)
-        manifest_path = folder / MANIFEST_NAME
-        if not manifest_path.is_file():
+        manifest = read_manifest(folder / MANIFEST_NAME)
+        if manifest is None:
             return None
-        manifest = Manifest.model_validate_json(manifest_path.read_text(encoding="utf-8"))
-        for rel, entry in manifest.files.items():
-            path = folder / rel
-            if not path.is_file() or path.stat().st_size != entry.size:
-                return None  # damaged after publication: treat as absent and rebuild
+        problem = verify_files(folder, manifest)
+        if problem is None and manifest.ref.path != ref.path:
+            problem = f"its manifest describes {manifest.ref.path}"
+        if problem is not None:
+            logger.warning("artifact %s is damaged (%s): it will be rebuilt", folder, problem)
+            return None
         return StoredArtifact(manifest=manifest, local_dir=folder, location=str(folder))
 
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
-        """Stage inside the store so publishing is a same-filesystem rename."""
-        tmp_root = self.root / ".staging"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix="stage-", dir=tmp_root))
+        """Stage inside the store so publishing is a same-filesystem rename (group-readable, umask respected)."""
+        scratch = new_dir(self.root / STAGING_DIR, "stage-")
         try:
             yield scratch
         finally:
@@ -210,37 +358,50 @@ class LocalArtifactStore(ArtifactStore):
         final = self._dir(manifest.ref)
         existing = self.get(manifest.ref)
         if existing is not None:
-            return existing  # content-addressed: same key, same content; never overwrite
+            return existing.model_copy(update={"reused": True})  # same key, same content; never overwrite
         manifest.files = describe_files(staging_dir)
-        write_json_atomic(staging_dir / MANIFEST_NAME, manifest.model_dump(mode="json"))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # an incomplete leftover from a crash: move it aside, never merge into it
-            shutil.rmtree(final)
+        complete = new_dir(self.root / STAGING_DIR, "publish-")
         try:
-            # rename a copy so the caller's staging folder stays valid until it is cleaned up
-            tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}"
-            shutil.copytree(staging_dir, tmp)
-            os.replace(tmp, final)
+            with disk_full_errors(final):
+                # a linked copy keeps the caller's staging folder valid until it is cleaned up
+                copy_tree_shared(staging_dir, complete)
+                with contextlib.suppress(FileNotFoundError):
+                    (complete / MANIFEST_NAME).unlink()
+                write_json_atomic(complete / MANIFEST_NAME, manifest.model_dump(mode="json"))
+                found = publish_folder(complete, final, lambda: self.get(manifest.ref),
+                                       self.root / STAGING_DIR, self._lock(manifest.ref))
+        except StoreError:
+            raise
         except OSError as exc:
             raise StoreError(f"cannot publish artifact {manifest.ref.path} in {self.root}: {exc}") from exc
+        finally:
+            shutil.rmtree(complete, ignore_errors=True)
+        if found is not None:
+            logger.info("artifact %s was published by another run meanwhile: reusing it", manifest.ref.path)
+            return found.model_copy(update={"reused": True})
         return StoredArtifact(manifest=manifest, local_dir=final, location=str(final))
 
     def _pointer_path(self, name: str) -> Path:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-            raise StoreError(f"invalid pointer name {name!r}")
-        return self.root / "pointers" / f"{name}.json"
+        return safe_join(self.root / "pointers", f"{check_pointer_name(name)}.json")
 
     def read_pointer(self, name: str) -> dict[str, Any] | None:
         path = self._pointer_path(name)
-        if not path.is_file():
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
             return None
-        return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"pointer {path} is unreadable ({exc}): restore it from "
+                             f"{path.with_suffix('.history.jsonl').name} or delete it") from exc
+        if not isinstance(data, dict):
+            raise StoreError(f"pointer {path} is not a JSON object: restore it from its history or delete it")
+        return data
 
     def write_pointer(self, name: str, value: dict[str, Any]) -> None:
         path = self._pointer_path(name)
         record = {**value, "updated_at": datetime.now(UTC).isoformat(timespec="seconds")}
         history = path.with_suffix(".history.jsonl")
-        with open(history, "a", encoding="utf-8") as handle:
+        with disk_full_errors(history), open(history, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         write_json_atomic(path, record)
 
