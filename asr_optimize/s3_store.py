@@ -2,13 +2,21 @@
 
 Layout under ``s3://<bucket>/<prefix>/``::
 
-    artifacts/<model>/<revision>/<stage>/<key>/<files...>   uploaded first, each verified after upload
-    artifacts/<model>/<revision>/<stage>/<key>/manifest.json  uploaded last, never overwritten (If-None-Match)
+    artifacts/<model>/<revision>/<stage>/<key>/data/<upload_id>/<files...>  staged first, each verified after upload
+    artifacts/<model>/<revision>/<stage>/<key>/manifest.json  the commit: one conditional PUT (If-None-Match: *)
+                                                              that names the upload_id holding the files
     pointers/<name>.json                                     one PUT, so a pointer move is atomic
     pointers/<name>/history/<timestamp>-<id>.json            one object per move
 
-An artifact exists only once its manifest does, so an upload cut off half way leaves nothing visible. ``get``
-downloads a complete artifact into a local cache folder (sha256 verified) because stages only see local folders.
+An artifact exists only once its manifest does, so an upload cut off half way leaves nothing visible. Every writer
+stages under its own ``upload_id``, so two workers publishing the same artifact at once never touch each other's
+objects: the first manifest PUT wins, the loser deletes its staged copy and reuses the winner's. Readers read only
+the objects the committed manifest names. (Manifests written before ``upload_id`` existed name files beside the
+manifest; they are still read.) A committed artifact whose files no longer match is reported and replaced by a
+conditional PUT (If-Match on the damaged manifest's ETag), so two repairers cannot overwrite each other either.
+
+``get`` downloads a complete artifact into a local cache folder because stages only see local folders; the cache is
+re-verified (sha256) on every reuse and every name from a manifest is confined to the cache with ``safe_join``.
 Credentials live only inside the boto3 session: never in messages, logs, manifests or ``describe()``.
 """
 
@@ -18,10 +26,10 @@ import base64
 import contextlib
 import hashlib
 import json
-import os
+import logging
 import re
 import shutil
-import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -43,17 +51,31 @@ from botocore.exceptions import (
 )
 from s3transfer.utils import ChunksizeAdjuster
 
-from asr_optimize.errors import StoreError, TransientError
+from asr_optimize.errors import StoreError, TransientError, UnsafePathError
+from asr_optimize.fileio import check_pointer_name, disk_full_errors, new_dir, safe_join
 from asr_optimize.hashing import sha256_file
 from asr_optimize.s3_util import split_s3_uri
+from asr_optimize.settings import get_settings, s3_endpoint_url
 from asr_optimize.store import (
+    LOCKS_DIR,
     MANIFEST_NAME,
+    STAGING_DIR,
+    STALE_STAGING_S,
     ArtifactRef,
     ArtifactStore,
     Manifest,
     StoredArtifact,
+    copy_tree_shared,
     describe_files,
+    publish_folder,
+    read_manifest,
+    sweep_stale,
+    verify_files,
+    write_json_atomic,
 )
+
+logger = logging.getLogger(__name__)
+UPLOAD_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 MiB = 1024 * 1024
 CREDENTIAL_CODES = {
@@ -71,8 +93,8 @@ class S3UnavailableError(StoreError, TransientError):
 
 
 def default_cache_dir() -> Path:
-    """Where downloaded artifacts are kept: ``$ASR_OPTIMIZE_S3_CACHE`` or ``~/.cache/asr-optimize/s3``."""
-    return Path(os.environ.get("ASR_OPTIMIZE_S3_CACHE") or Path.home() / ".cache" / "asr-optimize" / "s3")
+    """Where downloaded artifacts are kept: ``$ASR_OPTIMIZE_S3_CACHE`` or ``<cache_root>/s3`` (settings)."""
+    return get_settings().s3_cache
 
 
 def s3_error_code(exc: BaseException) -> tuple[str, str, int]:
@@ -121,6 +143,12 @@ class S3ArtifactStore(ArtifactStore):
             raise StoreError("S3 model store needs a bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/")
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        try:  # the bucket and prefix name a cache folder too: they must stay inside it
+            safe_join(self.cache_dir, f"{bucket}/{self.prefix}" if self.prefix else bucket)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"S3 model store s3://{bucket}/{prefix} refused: bucket and prefix must be plain "
+                                  f"names separated by '/', without '.', '..' or empty parts ({exc})") from None
         self.endpoint_url = endpoint_url or None
         if session is None:
             session = boto3.session.Session(
@@ -140,7 +168,7 @@ class S3ArtifactStore(ArtifactStore):
         self._transfer = TransferConfig(multipart_threshold=multipart_threshold,
                                         multipart_chunksize=multipart_chunksize)
         self.checksums = checksums
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        sweep_stale(self.cache_dir / STAGING_DIR, STALE_STAGING_S)
         self._public = {  # everything but credentials: what pickling (and Prefect's input hashing) sees
             "bucket": bucket, "prefix": self.prefix, "endpoint_url": self.endpoint_url, "region": self.region,
             "cache_dir": str(self.cache_dir), "max_attempts": max_attempts, "connect_timeout": connect_timeout,
@@ -162,7 +190,7 @@ class S3ArtifactStore(ArtifactStore):
     def from_uri(cls, uri: str, **kwargs: Any) -> S3ArtifactStore:
         """``s3://bucket/prefix``; endpoint from ``AWS_ENDPOINT_URL``, credentials from boto3's default chain."""
         bucket, prefix = split_s3_uri(uri)
-        kwargs.setdefault("endpoint_url", os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+        kwargs.setdefault("endpoint_url", s3_endpoint_url())
         return cls(bucket, prefix, **kwargs)
 
     # -- naming ------------------------------------------------------------------------------------------------
@@ -220,30 +248,54 @@ class S3ArtifactStore(ArtifactStore):
                 raise self._translate(exc, action) from None
             raise
 
-    def _get_json(self, key: str, action: str) -> dict[str, Any] | None:
-        """The JSON object at ``key``, or None if there is no such key (a missing bucket is an error)."""
+    def _get_bytes(self, key: str, action: str) -> tuple[bytes, str] | None:
+        """(body, ETag) of the object at ``key``, or None if there is no such key (a missing bucket is an error)."""
         try:
-            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            response = self._client.get_object(Bucket=self.bucket, Key=key)
+            body = response["Body"].read()
         except ClientError as exc:
             if s3_error_code(exc)[0] in {"NoSuchKey", "404"}:
                 return None
             raise self._translate(exc, action) from None
         except BotoCoreError as exc:
             raise self._translate(exc, action) from None
-        return json.loads(body)
+        return body, str(response.get("ETag", ""))
 
-    def _put_json(self, key: str, data: Any, only_if_absent: bool = False) -> bool:
-        """PUT a small JSON object in one request; with ``only_if_absent``, False when it already existed."""
+    def _get_json(self, key: str, action: str) -> dict[str, Any] | None:
+        """The JSON object at ``key``, or None if there is no such key; an unreadable one is a clear error."""
+        found = self._get_bytes(key, action)
+        if found is None:
+            return None
+        try:
+            data = json.loads(found[0])
+        except ValueError as exc:
+            raise StoreError(f"{self.uri(key)} is not valid JSON ({exc}): restore or delete it") from None
+        if not isinstance(data, dict):
+            raise StoreError(f"{self.uri(key)} is not a JSON object: restore or delete it")
+        return data
+
+    def _put_json(self, key: str, data: Any, only_if_absent: bool = False, if_match: str | None = None) -> bool:
+        """PUT a small JSON object in one request; conditional writes return False when the condition failed.
+
+        ``only_if_absent``: only if no object exists (If-None-Match: *). ``if_match``: only if the object still has
+        this ETag (replaces exactly the version that was read, nothing written since).
+        """
         body = json.dumps(data, indent=2, ensure_ascii=False, default=str).encode()
         extra: dict[str, Any] = {"ChecksumAlgorithm": "SHA256"} if self.checksums else {}
         if only_if_absent:
             extra["IfNoneMatch"] = "*"
+        if if_match:
+            extra["IfMatch"] = if_match
         try:
             self._client.put_object(Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", **extra)
         except ClientError as exc:
             code = s3_error_code(exc)[0]
-            if only_if_absent and code in {"PreconditionFailed", "ConditionalRequestConflict"}:
+            conditional = only_if_absent or bool(if_match)
+            if conditional and code in {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "412"}:
                 return False
+            if if_match and code == "NotImplemented":
+                raise StoreError(f"{self.uri(key)} needs replacing, but {self.endpoint} has no conditional writes "
+                                 "(If-Match): delete it to rebuild") from None
             if only_if_absent and code == "NotImplemented":  # an endpoint without conditional writes
                 if self._get_json(key, f"reading {self.uri(key)}") is not None:
                     return False
@@ -255,57 +307,93 @@ class S3ArtifactStore(ArtifactStore):
 
     # -- artifacts ---------------------------------------------------------------------------------------------
     def _cache_path(self, ref: ArtifactRef) -> Path:
-        return self.cache_dir / self.bucket / (self.prefix or "_") / ref.path
+        return safe_join(self.cache_dir, f"{self.bucket}/{self.prefix or '_'}/{ref.path}")
+
+    def _data_key(self, ref: ArtifactRef, manifest: Manifest, rel: str) -> str:
+        """The object holding file ``rel``: under the manifest's upload_id, or beside it for older manifests."""
+        safe_join(self.cache_dir, rel)  # a name from a manifest (possibly hostile) must be a plain relative path
+        if manifest.upload_id is None:
+            return self._artifact_key(ref, rel)
+        if not UPLOAD_ID.fullmatch(manifest.upload_id):
+            raise UnsafePathError(f"manifest of {self.uri(self._artifact_key(ref))} has an invalid upload_id "
+                                  f"{manifest.upload_id!r}")
+        return self._artifact_key(ref, f"data/{manifest.upload_id}/{rel}")
 
     def _cached(self, ref: ArtifactRef, manifest: Manifest) -> StoredArtifact | None:
+        """The local copy, if it holds exactly this manifest's files (sha256 checked: the cache is not trusted)."""
         folder = self._cache_path(ref)
-        path = folder / MANIFEST_NAME
-        if not path.is_file() or Manifest.model_validate_json(path.read_text(encoding="utf-8")) != manifest:
+        if not (folder / MANIFEST_NAME).is_file():
             return None
-        for rel, entry in manifest.files.items():
-            if not (folder / rel).is_file() or (folder / rel).stat().st_size != entry.size:
-                return None
+        if read_manifest(folder / MANIFEST_NAME) != manifest:
+            return None
+        if (problem := verify_files(folder, manifest)) is not None:
+            logger.warning("cached copy %s is damaged (%s): downloading it again", folder, problem)
+            return None
         return StoredArtifact(manifest=manifest, local_dir=folder, location=self.uri(self._artifact_key(ref)))
 
-    def _install(self, ref: ArtifactRef, source: Path, manifest: Manifest) -> Path:
-        """Move a complete folder into the local cache (rename, so the cache never holds half a folder)."""
-        final = self._cache_path(ref)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        (source / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(source, final)
-        return final
+    def _new_tmp(self) -> Path:
+        return new_dir(self.cache_dir / STAGING_DIR, "tmp-")
 
-    def get(self, ref: ArtifactRef) -> StoredArtifact | None:
+    def _install(self, ref: ArtifactRef, source: Path, manifest: Manifest) -> Path:
+        """Rename a complete folder into the local cache; a concurrent identical install wins, a damaged one goes."""
+        final = self._cache_path(ref)
+        write_json_atomic(source / MANIFEST_NAME, manifest.model_dump(mode="json"))
+        lock = self.cache_dir / LOCKS_DIR / (hashlib.sha256(str(final).encode()).hexdigest()[:32] + ".lock")
+        found = publish_folder(source, final, lambda: self._cached(ref, manifest), self.cache_dir / STAGING_DIR, lock)
+        return found.local_dir if found is not None else final
+
+    def _fetch(self, ref: ArtifactRef) -> tuple[StoredArtifact | None, str | None]:
+        """(the verified artifact, None), or (None, ETag of a committed manifest that is damaged), or (None, None)."""
         location = self.uri(self._artifact_key(ref))
-        data = self._get_json(self._artifact_key(ref, MANIFEST_NAME), f"reading {location}")
-        if data is None:
-            return None
-        manifest = Manifest.model_validate(data)
-        if (hit := self._cached(ref, manifest)) is not None:
-            return hit
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=self.cache_dir))
+        manifest_key = self._artifact_key(ref, MANIFEST_NAME)
+        found = self._get_bytes(manifest_key, f"reading {location}")
+        if found is None:
+            return None, None
+        body, etag = found
         try:
-            for rel, entry in manifest.files.items():
-                target = tmp / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                key = self._artifact_key(ref, rel)
-                try:
-                    self._client.download_file(self.bucket, key, str(target), Config=self._transfer)
-                except (ClientError, BotoCoreError) as exc:
-                    if s3_error_code(exc)[0] in {"NoSuchKey", "404"}:
-                        raise StoreError(f"artifact {location} is damaged: {rel} is missing; "
-                                         "delete it to rebuild") from None
-                    raise self._translate(exc, f"downloading {self.uri(key)}") from None
-                if target.stat().st_size != entry.size or sha256_file(target) != entry.sha256:
-                    raise StoreError(f"artifact {location} is damaged: {rel} does not match its manifest sha256; "
-                                     "delete it to rebuild")
-            folder = self._install(ref, tmp, manifest)
+            manifest = Manifest.model_validate_json(body)
+        except ValueError as exc:
+            logger.warning("artifact manifest %s is unreadable (%s): treating the artifact as absent",
+                           self.uri(manifest_key), str(exc).splitlines()[0])
+            return None, etag
+        if manifest.ref.path != ref.path:
+            logger.warning("artifact %s is damaged (its manifest describes %s): it will be rebuilt",
+                           location, manifest.ref.path)
+            return None, etag
+        try:
+            for rel in manifest.files:
+                self._data_key(ref, manifest, rel)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"artifact {location} refused: {exc}") from None
+        if (hit := self._cached(ref, manifest)) is not None:
+            return hit, None
+        tmp = self._new_tmp()
+        try:
+            with disk_full_errors(self._cache_path(ref)):
+                for rel, entry in manifest.files.items():
+                    target = safe_join(tmp, rel)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    key = self._data_key(ref, manifest, rel)
+                    try:
+                        self._client.download_file(self.bucket, key, str(target), Config=self._transfer)
+                    except (ClientError, BotoCoreError) as exc:
+                        if s3_error_code(exc)[0] in {"NoSuchKey", "404"}:
+                            logger.warning("artifact %s is damaged (%s is missing): it will be rebuilt",
+                                           location, self.uri(key))
+                            return None, etag
+                        raise self._translate(exc, f"downloading {self.uri(key)}") from None
+                    if target.stat().st_size != entry.size or sha256_file(target) != entry.sha256:
+                        logger.warning("artifact %s is damaged (%s does not match its manifest sha256): it will "
+                                       "be rebuilt", location, rel)
+                        return None, etag
+                folder = self._install(ref, tmp, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        return StoredArtifact(manifest=manifest, local_dir=folder, location=location)
+        return StoredArtifact(manifest=manifest, local_dir=folder, location=location), None
+
+    def get(self, ref: ArtifactRef) -> StoredArtifact | None:
+        """The verified artifact (downloaded to the cache), or None if absent, unreadable or damaged (warned)."""
+        return self._fetch(ref)[0]
 
     def _open_for_upload(self, path: Path) -> IO[bytes]:
         """The file object an upload reads from (a seam for tests that cut an upload off)."""
@@ -347,32 +435,54 @@ class S3ArtifactStore(ArtifactStore):
         if problems:
             raise StoreError(f"upload of {self.uri(key)} failed verification: {'; '.join(problems)}")
 
+    def _delete_keys(self, keys: list[str]) -> None:
+        """Best-effort removal of a losing writer's staged objects (orphans are harmless: nothing names them)."""
+        for start in range(0, len(keys), 1000):
+            chunk = [{"Key": k} for k in keys[start:start + 1000]]
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": chunk, "Quiet": True})
+
     def put(self, staging_dir: Path, manifest: Manifest) -> StoredArtifact:
         ref = manifest.ref
-        if (existing := self.get(ref)) is not None:
-            return existing  # content-addressed: same key, same content; never overwrite
+        existing, damaged_etag = self._fetch(ref)
+        if existing is not None:
+            return existing.model_copy(update={"reused": True})  # content-addressed: never overwrite
         manifest.files = describe_files(staging_dir)
+        manifest.upload_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:16]}"
+        staged = []
         for rel, entry in manifest.files.items():
-            self._upload_file(staging_dir / rel, self._artifact_key(ref, rel), entry.sha256, entry.size)
-        if not self._put_json(self._artifact_key(ref, MANIFEST_NAME), manifest.model_dump(mode="json"),
-                              only_if_absent=True):
-            found = self.get(ref)  # another worker published the same artifact first
+            key = self._data_key(ref, manifest, rel)
+            staged.append(key)
+            self._upload_file(staging_dir / rel, key, entry.sha256, entry.size)
+        manifest_key = self._artifact_key(ref, MANIFEST_NAME)
+        body = manifest.model_dump(mode="json")
+        for _ in range(5):
+            if damaged_etag:
+                logger.warning("replacing the damaged artifact %s", self.uri(self._artifact_key(ref)))
+                committed = self._put_json(manifest_key, body, if_match=damaged_etag)
+            else:
+                committed = self._put_json(manifest_key, body, only_if_absent=True)
+            if committed:
+                break
+            found, damaged_etag = self._fetch(ref)  # another worker committed (or repaired) it first
             if found is not None:
-                return found
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".publish-", dir=self.cache_dir))
+                logger.info("artifact %s was published by another run meanwhile: reusing it", ref.path)
+                self._delete_keys(staged)
+                return found.model_copy(update={"reused": True})
+        else:
+            raise StoreError(f"cannot commit {self.uri(manifest_key)}: it kept changing under concurrent writers")
+        tmp = self._new_tmp()
         try:
-            shutil.copytree(staging_dir, tmp, dirs_exist_ok=True)
-            folder = self._install(ref, tmp, manifest)
+            with disk_full_errors(self._cache_path(ref)):
+                copy_tree_shared(staging_dir, tmp)
+                folder = self._install(ref, tmp, manifest)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return StoredArtifact(manifest=manifest, local_dir=folder, location=self.uri(self._artifact_key(ref)))
 
     # -- pointers ----------------------------------------------------------------------------------------------
     def _pointer_key(self, name: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-            raise StoreError(f"invalid pointer name {name!r}")
-        return self._key("pointers", f"{name}.json")
+        return self._key("pointers", f"{check_pointer_name(name)}.json")
 
     def read_pointer(self, name: str) -> dict[str, Any] | None:
         key = self._pointer_key(name)

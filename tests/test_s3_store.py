@@ -58,7 +58,7 @@ def test_round_trip_with_checksums(moto_s3: MotoServer, bucket: str, tmp_path: P
 
     keys = moto_s3.keys(bucket, "team/asr/artifacts/")
     assert sorted(k.rsplit("/", 1)[-1] for k in keys) == ["config.json", "manifest.json", "model.onnx"]
-    big_key = f"team/asr/artifacts/{manifest.ref.path}/sub/model.onnx"
+    big_key = f"team/asr/artifacts/{manifest.ref.path}/data/{stored.manifest.upload_id}/sub/model.onnx"
     head = moto_s3.client().head_object(Bucket=bucket, Key=big_key, ChecksumMode="ENABLED")
     big_sha = hashlib.sha256((stage / "sub" / "model.onnx").read_bytes()).hexdigest()
     assert head["Metadata"]["sha256"] == big_sha == stored.manifest.files["sub/model.onnx"].sha256
@@ -80,7 +80,7 @@ def test_round_trip_with_checksums(moto_s3: MotoServer, bucket: str, tmp_path: P
 def test_small_file_checksum_matches_s3(moto_s3: MotoServer, bucket: str, tmp_path: Path) -> None:
     store = make_store(moto_s3, bucket, tmp_path / "cache")
     stored = store.put(staged(tmp_path / "stage"), manifest_for("small"))
-    key = f"team/asr/artifacts/{stored.manifest.ref.path}/config.json"
+    key = f"team/asr/artifacts/{stored.manifest.ref.path}/data/{stored.manifest.upload_id}/config.json"
     head = moto_s3.client().head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(SMALL).digest()).decode()
 
@@ -199,13 +199,20 @@ def test_pointer_moves_atomically_with_history(moto_s3: MotoServer, bucket: str,
         store.write_pointer("../evil", {})
 
 
-def test_damaged_artifact_is_a_clear_error(moto_s3: MotoServer, bucket: str, tmp_path: Path) -> None:
+def test_damaged_artifact_is_reported_and_rebuilt(moto_s3: MotoServer, bucket: str, tmp_path: Path,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     store = make_store(moto_s3, bucket, tmp_path / "cache")
     stored = store.put(staged(tmp_path / "stage"), manifest_for("dmg"))
-    key = f"team/asr/artifacts/{stored.manifest.ref.path}/config.json"
-    moto_s3.client().put_object(Bucket=bucket, Key=key, Body=b"tampered")
-    with pytest.raises(StoreError, match="damaged"):
-        make_store(moto_s3, bucket, tmp_path / "other").get(stored.manifest.ref)
+    key = f"team/asr/artifacts/{stored.manifest.ref.path}/data/{stored.manifest.upload_id}/config.json"
+    moto_s3.client().put_object(Bucket=bucket, Key=key, Body=b"tampered")  # same object, different bytes
+    other = make_store(moto_s3, bucket, tmp_path / "other")
+    with caplog.at_level(logging.WARNING, logger="asr_optimize.s3_store"):
+        assert other.get(stored.manifest.ref) is None  # damaged: never reused
+    assert "damaged (config.json does not match its manifest sha256)" in caplog.text
+    rebuilt = other.put(staged(tmp_path / "stage2"), manifest_for("dmg"))  # replaces the damaged manifest (If-Match)
+    assert not rebuilt.reused and rebuilt.manifest.upload_id != stored.manifest.upload_id
+    fresh = make_store(moto_s3, bucket, tmp_path / "third").get(stored.manifest.ref)
+    assert fresh is not None and fresh.file("config.json").read_bytes() == SMALL
 
 
 def test_second_run_on_fresh_folder_reuses_stage_from_s3(moto_s3: MotoServer, bucket: str, tmp_path: Path) -> None:
