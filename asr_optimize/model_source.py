@@ -4,7 +4,9 @@ The resolved revision is what every manifest records: the hub commit sha, or ``s
 folder or an S3 prefix (folders have no commits, so their content is their revision).
 
 Safety: never ``trust_remote_code``; safetensors are loaded where offered, and transformers loads
-``pytorch_model.bin`` with ``torch.load(weights_only=True)``.
+``pytorch_model.bin`` with ``torch.load(weights_only=True)``. ``config.json`` is checked before anything is hashed
+(``--model /usr`` fails at once), and weights that lack tensors the config declares (a CTC head without its
+``lm_head``) are refused instead of silently initialised at random.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import BaseModel
 
 from asr_optimize.errors import ModelResolutionError, TransientError, UnsupportedModelError
 from asr_optimize.hashing import sha256_tree
+from asr_optimize.settings import get_settings
 from asr_optimize.store import slugify_model
 
 # CTC heads whose graph matches wav2vec2's (conv feature encoder + transformer + linear CTC head).
@@ -41,6 +44,8 @@ MODEL_FILES = [
     "pytorch_model.bin",
 ]
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+TRAINING_ONLY_KEYS = ("masked_spec_embed",)
+"""Parameters only used in pre-training (SpecAugment's mask embedding): absent from many fine-tuned checkpoints."""
 
 
 class ResolvedModel(BaseModel):
@@ -63,15 +68,26 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelResolutionError(f"{model_dir} has no config.json: not a Hugging Face model folder")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ModelResolutionError(f"{path} is not valid JSON: {exc}") from exc
+    except OSError as exc:
+        raise ModelResolutionError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if not isinstance(config, dict):
+        raise ModelResolutionError(
+            f"{path} holds a JSON {type(config).__name__}, not an object: not a Hugging Face model config"
+        )
+    return config
 
 
 def check_ctc_model(model_dir: Path, require_weights: bool = True) -> str:
     """Refuse anything that is not a wav2vec2-style CTC model. Returns the architecture name."""
     config = read_config(model_dir)
     architectures = config.get("architectures") or []
+    if isinstance(architectures, str):
+        architectures = [architectures]
+    if not isinstance(architectures, list):
+        architectures = [str(architectures)]
     supported = [a for a in architectures if a in SUPPORTED_ARCHITECTURES]
     if not supported:
         raise UnsupportedModelError(
@@ -134,14 +150,16 @@ def _resolve_s3(uri: str, cache_dir: Path) -> Path:
 def resolve_model(source: str, revision: str | None = None, cache_dir: Path | None = None) -> ResolvedModel:
     """Pin ``source`` to an exact revision and a local folder, refusing non-CTC models."""
     source = str(source)
-    cache = Path(cache_dir or Path.home() / ".cache" / "asr-optimize")
+    cache = Path(cache_dir or get_settings().cache_root)
     if source.startswith("s3://"):
         folder, kind = _resolve_s3(source, cache), "s3"
+        check_ctc_model(folder)  # before hashing: a wrong folder fails at once, however large
         pinned = f"sha256:{sha256_tree(folder)[:16]}"
     elif Path(source).expanduser().exists():
         folder, kind = Path(source).expanduser().resolve(), "local"
         if not folder.is_dir():
             raise ModelResolutionError(f"{folder} is a file; pass the model folder")
+        check_ctc_model(folder)
         pinned = f"sha256:{sha256_tree(folder)[:16]}"
     elif source.count("/") == 1 and not source.startswith((".", "/", "~")):
         folder, pinned = _resolve_hub(source, revision, cache_dir)
@@ -160,16 +178,25 @@ def load_model(model_dir: Path, dtype: Any = None, attn_implementation: str | No
     """Load the CTC model for inference (eval mode), with a clear error for corrupt weights."""
     from transformers import AutoModelForCTC
 
-    check_ctc_model(model_dir)
+    architecture = check_ctc_model(model_dir)
     try:
-        model = AutoModelForCTC.from_pretrained(
+        model, info = AutoModelForCTC.from_pretrained(
             model_dir, trust_remote_code=False, local_files_only=True, dtype=dtype,
-            attn_implementation=attn_implementation,
+            attn_implementation=attn_implementation, output_loading_info=True,
         )
     except Exception as exc:  # safetensors, torch and transformers each raise their own types for bad files
         raise ModelResolutionError(
             f"cannot load weights from {model_dir} (corrupt or incomplete?): {type(exc).__name__}: {exc}"
         ) from exc
+    missing = sorted(k for k in info.get("missing_keys", []) if not k.endswith(TRAINING_ONLY_KEYS))
+    if missing:
+        head = [k for k in missing if k.startswith("lm_head")]
+        what = "its CTC head" if head and len(head) == len(missing) else "parts of the network"
+        shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
+        raise ModelResolutionError(
+            f"{model_dir}: config.json declares {architecture}, but the weights lack {what} ({shown}); they would "
+            "be initialised at random. Save the fine-tuned model with its CTC head (model.save_pretrained)"
+        )
     return model.eval()
 
 
