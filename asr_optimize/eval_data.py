@@ -76,9 +76,11 @@ class EvalSource(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["demo", "manifest", "hf"] = "demo"
+    kind: Literal["demo", "manifest", "hf", "longform"] = "demo"
     path: Path | None = None
-    """Manifest file (``manifest``); overrides the bundled manifest for ``demo``."""
+    """Manifest file (``manifest``); overrides the bundled manifest for ``demo`` and ``longform``."""
+    minutes: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
+    """``longform``: one recording per entry, joined from the test utterances (``asr_optimize.longform``)."""
     dataset_id: str = DEFAULT_HF_DATASET
     config: str | None = "hi"
     split: str = "test"
@@ -107,6 +109,8 @@ class EvalSource(BaseModel):
                 [self.revision] if self.revision else []
             )
             return "hf:" + "/".join(parts)
+        if self.kind == "longform":
+            return f"longform:{'+'.join(f'{m:g}' for m in self.minutes)}min:{self.path or DEMO_MANIFEST}"
         return f"{self.kind}:{self.path or DEMO_MANIFEST}"
 
 
@@ -496,6 +500,10 @@ def load_eval_set(source: EvalSource | None = None, progress: bool = False) -> E
     source = source or EvalSource()
     if source.kind == "hf":
         return _load_hf(source, progress)
+    if source.kind == "longform":
+        from asr_optimize.longform import longform_eval_set
+
+        return longform_eval_set(source, progress)
     if source.kind == "manifest":
         if source.path is None:
             raise EvalDataError("manifest evaluation source needs 'path'")

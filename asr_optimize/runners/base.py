@@ -13,9 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from asr_optimize.audio import AudioBatch, make_batch
-from asr_optimize.ctc import CtcVocabulary, frame_lengths_for, greedy_decode
-
 
 class RunnerUnavailable(Exception):
     """The backend cannot run here (missing package, no GPU, no provider). The message says why."""
@@ -63,18 +60,10 @@ def transcribe(
 ) -> tuple[list[str], list[np.ndarray]]:
     """Greedy transcripts (and per-utterance valid logits) for a list of 16 kHz waveforms.
 
-    Utterances are sorted by length before batching, so padding stays small, then put back in order.
+    Kept for existing callers: delegates to ``asr_optimize.transcribe.transcribe`` (default chunking), which runs
+    utterances that fit one chunk exactly as this function always did and long ones in stitched windows.
     """
-    vocab = CtcVocabulary.from_model_dir(model_dir)
-    order = sorted(range(len(waves)), key=lambda i: waves[i].size)
-    texts: list[str] = [""] * len(waves)
-    logits_out: list[np.ndarray] = [np.empty(0)] * len(waves)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        batch: AudioBatch = make_batch([waves[i] for i in chunk], normalize=normalize)
-        logits = runner.infer(batch.input_values, batch.attention_mask)
-        frames = frame_lengths_for(model_dir, batch.lengths)
-        for j, (index, text) in enumerate(zip(chunk, greedy_decode(logits, frames, vocab), strict=True)):
-            texts[index] = text
-            logits_out[index] = logits[j, : int(frames[j])]
-    return texts, logits_out
+    from asr_optimize.transcribe import transcribe as transcribe_any
+
+    result = transcribe_any(runner, waves, model_dir, batch_size=batch_size, normalize=normalize)
+    return result.texts, result.logits

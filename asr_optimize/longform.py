@@ -1,0 +1,203 @@
+"""Long-form evaluation set: the bundled test utterances joined into recordings of minutes, built at test time.
+
+Why: the per-utterance test set says nothing about recordings of minutes to hours, where one-pass wav2vec2 collapses
+(demo model: WER 13.7% per utterance, 33.6% on one minute). Joining the same utterances with short silences gives
+long recordings whose reference is known and whose per-utterance WER is the yardstick; nothing new is committed.
+Deterministic: utterances are taken in a seeded permutation, reshuffled on each pass when more are needed.
+
+``python -m asr_optimize.longform --minutes 1 5 30 --out DIR`` transcribes each length in its own process (so peak
+RSS is per length), prints a markdown table and writes ``longform.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr_optimize.eval_data import EvalSet, EvalSource, Utterance, load_eval_set
+
+GAP_S = 0.25
+"""Silence between utterances (digital zeros), as in the measurements of issue #14."""
+SAMPLE_RATE = 16_000
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo-model"
+
+
+@dataclass(frozen=True)
+class LongformRecording:
+    """One joined recording, its reference text and the utterances it is made of (in order)."""
+
+    id: str
+    audio: np.ndarray
+    text: str
+    utterance_ids: tuple[str, ...]
+
+    @property
+    def duration_s(self) -> float:
+        return self.audio.size / SAMPLE_RATE
+
+
+def build_recording(
+    utterances: Sequence[Utterance], minutes: float, gap_s: float = GAP_S, seed: int = 0
+) -> LongformRecording:
+    """Join utterances (gap_s of silence between) until the next would pass ``minutes``; pad to exactly ``minutes``."""
+    if not utterances:
+        raise ValueError("no utterances to join")
+    target = round(minutes * 60 * SAMPLE_RATE)
+    gap = round(gap_s * SAMPLE_RATE)
+    if min(u.audio.size for u in utterances) > target:
+        raise ValueError(f"{minutes} min is shorter than every utterance")
+    audio = np.zeros(target, dtype=np.float32)
+    texts: list[str] = []
+    ids: list[str] = []
+    pos = 0
+    for round_ in range(1_000_000):
+        order = np.random.default_rng(seed + round_).permutation(len(utterances))
+        for index in order:
+            utt = utterances[int(index)]
+            start = pos + (gap if ids else 0)
+            if start + utt.audio.size > target:
+                return LongformRecording(f"longform-{minutes:g}min", audio, " ".join(texts), tuple(ids))
+            audio[start : start + utt.audio.size] = utt.audio
+            pos = start + utt.audio.size
+            texts.append(utt.text)
+            ids.append(utt.id)
+    raise AssertionError("unreachable")
+
+
+def longform_eval_set(source: EvalSource | None = None, progress: bool = False) -> EvalSet:
+    """The ``longform`` evaluation source: one recording per entry of ``source.minutes``, from the demo test set
+    (or the manifest at ``source.path``). Bad rows of the underlying set are carried over."""
+    source = source or EvalSource(kind="longform")
+    base = load_eval_set(source.model_copy(update={"kind": "demo" if source.path is None else "manifest"}), progress)
+    recordings = [build_recording(base.utterances, m) for m in source.minutes]
+    utterances = [Utterance(r.id, r.audio, r.text, r.duration_s) for r in recordings]
+    return EvalSet(utterances, list(base.bad_rows), len(utterances), source, SAMPLE_RATE)
+
+
+# ---------------------------------------------------------------- measurement command
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _measure_one(args: argparse.Namespace) -> dict[str, object]:
+    """Child process: build one recording, transcribe it (chunked or one pass), report WER/CER, time, peak RSS."""
+    from asr_optimize.metrics import wer_cer
+    from asr_optimize.runners.registry import baseline_spec, build_runner
+    from asr_optimize.transcribe import ChunkingOptions, transcribe
+
+    base = load_eval_set()
+    recording = build_recording(base.utterances, args.minutes[0])
+    del base
+    runner = build_runner(baseline_spec(args.model, args.device))
+    opts = ChunkingOptions(chunk_s=args.chunk_s, stride_s=args.stride_s, batch_size=args.batch_size,
+                           normalization=args.normalization, enabled=not args.one_pass)
+    began = time.perf_counter()
+    result = transcribe(runner, [recording.audio], args.model, chunking=opts)
+    elapsed = time.perf_counter() - began
+    rates = wer_cer([recording.text], result.texts)
+    return {
+        "minutes": args.minutes[0], "mode": "one pass" if args.one_pass else "chunked", "chunk_s": args.chunk_s,
+        "stride_s": args.stride_s, "batch_size": args.batch_size, "normalization": args.normalization,
+        "wer": rates.wer, "cer": rates.cer, "ref_words": rates.ref_words, "windows": result.windows[0],
+        "time_s": elapsed, "audio_s": recording.duration_s, "peak_rss_mb": peak_rss_mb(),
+        "hypothesis": result.texts[0], "utterance_ids": list(recording.utterance_ids),
+    }
+
+
+def _per_utterance_reference(model: Path, device: str) -> dict[str, str]:
+    """Per-utterance hypotheses of the demo test set: the yardstick each long recording is compared with."""
+    from asr_optimize.runners.registry import baseline_spec, build_runner
+    from asr_optimize.transcribe import transcribe
+
+    base = load_eval_set()
+    runner = build_runner(baseline_spec(model, device))
+    texts = transcribe(runner, [u.audio for u in base.utterances], model).texts
+    return dict(zip(base.ids, texts, strict=True))
+
+
+def _table(rows: list[dict[str, object]]) -> str:
+    head = ("| minutes | mode | chunk/stride s | norm | WER | per-utt WER, same audio | CER | windows | time s "
+            "| x real time | s per audio min | peak RSS MB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(
+            f"| {r['minutes']:g} | {r['mode']} | {r['chunk_s']:g}/{r['stride_s']:g} | {r['normalization']} "
+            f"| {100 * r['wer']:.2f}% | {100 * r['per_utterance_wer']:.2f}% | {100 * r['cer']:.2f}% | {r['windows']} "
+            f"| {r['time_s']:.1f} | {r['audio_s'] / r['time_s']:.0f} | {60 * r['time_s'] / r['audio_s']:.2f} "
+            f"| {r['peak_rss_mb']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure chunked transcription of 1/5/30-minute recordings, each length in a fresh process."""
+    from asr_optimize.transcribe import DEFAULT_CHUNK_S, DEFAULT_STRIDE_S, DEFAULT_WINDOW_BATCH
+
+    parser = argparse.ArgumentParser(prog="python -m asr_optimize.longform", description=main.__doc__)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 5.0, 30.0])
+    parser.add_argument("--out", type=Path, default=None, help="folder for longform.csv (and per-length JSON)")
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chunk-s", type=float, default=DEFAULT_CHUNK_S)
+    parser.add_argument("--stride-s", type=float, default=DEFAULT_STRIDE_S)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_WINDOW_BATCH, help="windows per runner call")
+    parser.add_argument("--normalization", choices=["recording", "window"], default="recording")
+    parser.add_argument("--one-pass", action="store_true", help="no chunking (the old behaviour), for comparison")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_measure_one(args), ensure_ascii=False))
+        return 0
+
+    from asr_optimize.metrics import wer_cer
+
+    reference = _per_utterance_reference(args.model, args.device)
+    rows = []
+    for minutes in args.minutes:
+        cmd = [sys.executable, "-m", "asr_optimize.longform", "--child", "--minutes", f"{minutes:g}",
+               "--model", str(args.model), "--device", args.device, "--chunk-s", f"{args.chunk_s:g}",
+               "--stride-s", f"{args.stride_s:g}", "--batch-size", str(args.batch_size),
+               "--normalization", args.normalization] + (["--one-pass"] if args.one_pass else [])
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        base = load_eval_set()
+        refs = dict(zip(base.ids, base.texts, strict=True))
+        ids = row.pop("utterance_ids")
+        joined_ref = " ".join(refs[i] for i in ids)
+        row["per_utterance_wer"] = wer_cer([joined_ref], [" ".join(reference[i] for i in ids)]).wer
+        row["utterances"] = len(ids)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / f"longform-{minutes:g}min.json").write_text(json.dumps(row, ensure_ascii=False, indent=1))
+        row.pop("hypothesis")
+        rows.append(row)
+        print(f"{minutes:g} min: WER {100 * row['wer']:.2f}%  {row['time_s']:.1f} s  {row['peak_rss_mb']:.0f} MB",
+              file=sys.stderr)
+    print(_table(rows))
+    if args.out:
+        with (args.out / "longform.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return 0 if all(math.isfinite(float(r["wer"])) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

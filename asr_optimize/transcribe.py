@@ -1,0 +1,322 @@
+"""One transcription entry point for every path: short utterances in padded batches, long ones in windows.
+
+Why: wav2vec2 degrades and its attention cost grows quadratically on recordings much longer than its training clips
+(demo model, one pass: WER 13.7% on utterances, 33.6% on a 1-minute recording). ``transcribe`` runs utterances that
+fit one chunk exactly as before (sorted by length, padded batches, per-utterance normalization) and cuts longer ones
+into overlapping windows (``asr_optimize.chunking``); the windows of all long utterances go through the runner in
+batches of ``ChunkingOptions.batch_size``, so memory is bounded by the batch, not by the recording. Kept frames are
+stitched and decoded with the same greedy decoder. ``transcribe_files`` adds file loading, the duration limit and a
+JSON-ready result for the ``asr-optimize transcribe`` command.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from asr_optimize.audio import (
+    SAMPLE_RATE,
+    audio_file_info,
+    first_nonfinite_offset,
+    format_offset,
+    load_audio_file,
+    make_batch,
+)
+from asr_optimize.chunking import Window, num_frames, plan_windows, stitch
+from asr_optimize.ctc import (
+    CtcVocabulary,
+    WordTimestamp,
+    conv_geometry,
+    frame_lengths_for,
+    greedy_decode,
+    word_timestamps,
+)
+from asr_optimize.errors import AudioInputError
+
+if TYPE_CHECKING:
+    from asr_optimize.runners.base import Runner
+
+# Chosen by measurement on the demo model (docs/long-form.md): best WER of the chunk/stride pairs tried.
+DEFAULT_CHUNK_S = 20.0
+DEFAULT_STRIDE_S = 2.0
+DEFAULT_WINDOW_BATCH = 4
+DEFAULT_MAX_DURATION_S = 4 * 3600.0
+SILENCE_PEAK = 1e-4
+"""Audio whose absolute peak is below this (-80 dBFS) is silence: empty text, the model is not run. Normalization
+would otherwise blow dither or DC up to unit variance and the model may read words into it."""
+
+
+class ChunkingOptions(BaseModel):
+    """How long recordings are cut: windows of ``chunk_s`` seconds overlapping by ``stride_s`` on each side."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    chunk_s: float = Field(DEFAULT_CHUNK_S, gt=0)
+    """Window length; utterances of at most this length run in one pass, exactly as without chunking."""
+    stride_s: float = Field(DEFAULT_STRIDE_S, ge=0)
+    """Context on each inner side of a window whose frames are computed, then dropped."""
+    batch_size: int = Field(DEFAULT_WINDOW_BATCH, ge=1)
+    """Windows per runner call: this, not the recording length, bounds the activation memory."""
+    max_duration_s: float = Field(DEFAULT_MAX_DURATION_S, gt=0)
+    """Longer recordings are refused with an error naming this limit."""
+    normalization: Literal["recording", "window"] = "recording"
+    """Zero-mean/unit-variance statistics of the whole recording or of each window (measured: docs/long-form.md)."""
+    enabled: bool = True
+    """False: every utterance in one pass whatever its length (the pre-chunking behaviour, for measurements)."""
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> ChunkingOptions:
+        if self.chunk_s <= 2 * self.stride_s:
+            raise ValueError(f"chunk_s={self.chunk_s} must be longer than 2 * stride_s={self.stride_s}")
+        return self
+
+
+@dataclass
+class TranscribeResult:
+    """Greedy transcripts, the valid (stitched) logits ``[frames, vocab]`` per utterance, optional word times."""
+
+    texts: list[str]
+    logits: list[np.ndarray]
+    words: list[list[WordTimestamp]] | None = None
+    windows: list[int] = field(default_factory=list)
+    """Runner windows per utterance (1 = one pass, 0 = silence, not run)."""
+
+    def __iter__(self) -> Iterator[list]:  # ``texts, logits = transcribe(...)`` keeps working
+        return iter((self.texts, self.logits))
+
+
+def check_recording(wave: np.ndarray, name: str, max_duration_s: float | None) -> np.ndarray:
+    """1-D, at least one frame, within the duration limit, finite (else an error naming the time offset)."""
+    array = np.asarray(wave)
+    if array.ndim != 1:
+        raise AudioInputError(f"{name}: expected mono audio of shape [samples], got shape {array.shape}")
+    if array.size == 0:
+        raise AudioInputError(f"{name}: empty audio (0 samples)")
+    if max_duration_s is not None and array.size > max_duration_s * SAMPLE_RATE:
+        raise AudioInputError(
+            f"{name}: {format_offset(array.size / SAMPLE_RATE)} of audio is longer than the limit "
+            f"max_duration_s={max_duration_s:g} s ({max_duration_s / 3600:g} h); split it or raise max_duration_s"
+        )
+    if array.size < 400:
+        raise AudioInputError(f"{name}: {array.size} samples is shorter than one wav2vec2 frame (400 samples)")
+    array = array.astype(np.float32, copy=False)
+    bad = first_nonfinite_offset(array)
+    if bad is not None:
+        raise AudioInputError(
+            f"{name}: NaN or infinite sample at {format_offset(bad / SAMPLE_RATE)} (sample {bad} at 16 kHz)"
+        )
+    return array
+
+
+def is_silence(wave: np.ndarray) -> bool:
+    """True when nothing in the recording is louder than ``SILENCE_PEAK`` (digital silence, dither)."""
+    return float(np.abs(wave).max(initial=0.0)) < SILENCE_PEAK
+
+
+def _recording_stats(wave: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
+    """Mean and 1/std of a long recording in float64, block by block (no full-size temporaries)."""
+    total = total_sq = 0.0
+    for start in range(0, wave.size, block):
+        part = wave[start : start + block].astype(np.float64)
+        total += float(part.sum())
+        total_sq += float(np.dot(part, part))
+    mean = total / wave.size
+    var = max(total_sq / wave.size - mean * mean, 0.0)
+    return mean, 1.0 / float(np.sqrt(var + 1e-7))
+
+
+def transcribe(
+    runner: Runner,
+    waves: Sequence[np.ndarray],
+    model_dir: Path,
+    batch_size: int = 8,
+    normalize: bool = True,
+    chunking: ChunkingOptions | None = None,
+    timestamps: bool = False,
+) -> TranscribeResult:
+    """Transcribe 16 kHz mono waveforms with any runner (``Runner.infer``); long ones in stitched windows.
+
+    ``batch_size`` is the utterances per call for short ones, ``chunking.batch_size`` the windows per call for
+    long ones (defaults: ``ChunkingOptions()``). Short utterances give exactly what ``runners.base.transcribe``
+    always gave. Silent utterances (peak below ``SILENCE_PEAK``) give "" without running the model.
+    """
+    opts = chunking or ChunkingOptions()
+    model_dir = Path(model_dir)
+    vocab = CtcVocabulary.from_model_dir(model_dir)
+    hop, field_ = conv_geometry(model_dir)
+    frame_s = hop / SAMPLE_RATE
+    checked = [check_recording(w, f"utterance {i}", opts.max_duration_s) for i, w in enumerate(waves)]
+    n = len(checked)
+    texts: list[str] = [""] * n
+    logits_out: list[np.ndarray] = [np.empty(0)] * n
+    counts = [0] * n
+    chunk_frames = round(opts.chunk_s * SAMPLE_RATE / hop)
+    short: list[int] = []
+    long: list[int] = []
+    for i, wave in enumerate(checked):
+        if is_silence(wave):
+            logits_out[i] = np.zeros((0, len(vocab.tokens)), dtype=np.float32)
+        elif not opts.enabled or num_frames(wave.size, hop, field_) <= chunk_frames:
+            short.append(i)
+        else:
+            long.append(i)
+
+    order = sorted(short, key=lambda i: checked[i].size)
+    for start in range(0, len(order), batch_size):
+        group = order[start : start + batch_size]
+        batch = make_batch([checked[i] for i in group], normalize=normalize)
+        logits = runner.infer(batch.input_values, batch.attention_mask)
+        frames = frame_lengths_for(model_dir, batch.lengths)
+        for j, index in enumerate(group):
+            logits_out[index] = logits[j, : int(frames[j])]
+            counts[index] = 1
+
+    if long:
+        for index, logits in _run_windows(runner, [checked[i] for i in long], long, opts, normalize, hop, field_):
+            logits_out[index] = logits
+    for i in long:
+        counts[i] = len(plan_windows(checked[i].size, opts.chunk_s, opts.stride_s, SAMPLE_RATE, hop, field_))
+
+    for i in short + long:
+        texts[i] = greedy_decode(logits_out[i][None], np.array([logits_out[i].shape[0]]), vocab)[0]
+    words = [word_timestamps(lg, vocab, frame_s) if lg.size else [] for lg in logits_out] if timestamps else None
+    return TranscribeResult(texts=texts, logits=logits_out, words=words, windows=counts)
+
+
+def _run_windows(
+    runner: Runner,
+    waves: list[np.ndarray],
+    indices: list[int],
+    opts: ChunkingOptions,
+    normalize: bool,
+    hop: int,
+    field_: int,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Run the windows of all long recordings in batches; yield (index, stitched logits) as each completes."""
+    plans = [plan_windows(w.size, opts.chunk_s, opts.stride_s, SAMPLE_RATE, hop, field_) for w in waves]
+    stats = [_recording_stats(w) if normalize and opts.normalization == "recording" else None for w in waves]
+    queue = [(k, j) for k, plan in enumerate(plans) for j in range(len(plan))]
+    kept: list[list[np.ndarray]] = [[] for _ in waves]
+    for start in range(0, len(queue), opts.batch_size):
+        group = queue[start : start + opts.batch_size]
+        lengths = [plans[k][j].num_samples for k, j in group]
+        width = max(lengths)
+        values = np.zeros((len(group), width), dtype=np.float32)
+        mask = np.zeros((len(group), width), dtype=np.int64)
+        for row, (k, j) in enumerate(group):
+            window = plans[k][j]
+            piece = waves[k][window.start : window.end]
+            if normalize:
+                if stats[k] is not None:
+                    mean, inv_std = stats[k]
+                    piece = (piece - np.float32(mean)) * np.float32(inv_std)
+                else:
+                    piece = (piece - piece.mean()) / np.sqrt(piece.var() + 1e-7)
+            values[row, : piece.size] = piece
+            mask[row, : piece.size] = 1
+        logits = runner.infer(values, mask)
+        for row, (k, j) in enumerate(group):
+            window: Window = plans[k][j]
+            kept[k].append(stitch([logits[row]], [window]))
+            if j == len(plans[k]) - 1:
+                yield indices[k], np.concatenate(kept[k], axis=0)
+                kept[k] = []
+
+
+# ---------------------------------------------------------------- files
+
+
+class WordTiming(BaseModel):
+    """One word with its start/end in seconds from the start of the file."""
+
+    word: str
+    start_s: float
+    end_s: float
+
+
+class FileTranscript(BaseModel):
+    """The transcript of one audio file (the ``transcribe`` command's per-file JSON)."""
+
+    path: str
+    duration_s: float
+    """Of the audio as decoded (16 kHz mono)."""
+    sample_rate: int
+    """Of the file, before resampling to 16 kHz."""
+    channels: int
+    text: str
+    windows: int
+    """Acoustic-model windows it took (1 = one pass, 0 = silence)."""
+    words: list[WordTiming] | None = None
+
+
+class TranscribeOutput(BaseModel):
+    """What ``asr-optimize transcribe --json`` prints: the model, the runner, the chunking, and every file."""
+
+    model: str
+    runner: str
+    chunking: ChunkingOptions
+    files: list[FileTranscript]
+    elapsed_s: float
+    real_time_factor: float | None = None
+    """Seconds of audio per second of wall time."""
+
+
+def transcribe_files(
+    paths: Sequence[Path | str],
+    model_dir: Path,
+    runner: Runner,
+    batch_size: int = 8,
+    chunking: ChunkingOptions | None = None,
+    timestamps: bool = False,
+    normalize: bool = True,
+) -> list[FileTranscript]:
+    """Transcribe audio files of any rate/channel count (WAV, FLAC, MP3, OGG), one file in memory at a time.
+
+    Every header is checked first (exists, readable, within ``max_duration_s``), so a bad file fails the command
+    before any model time is spent; the ``AudioInputError`` names the file.
+    """
+    opts = chunking or ChunkingOptions()
+    infos = [audio_file_info(p) for p in paths]
+    for path, (duration, _, _) in zip(paths, infos, strict=True):
+        if duration > opts.max_duration_s:
+            raise AudioInputError(
+                f"{path}: {format_offset(duration)} of audio is longer than the limit "
+                f"max_duration_s={opts.max_duration_s:g} s ({opts.max_duration_s / 3600:g} h); split the file or raise "
+                "max_duration_s"
+            )
+    out = []
+    for path, (_, rate, channels) in zip(paths, infos, strict=True):
+        wave = load_audio_file(path, opts.max_duration_s)
+        try:
+            result = transcribe(runner, [wave], model_dir, batch_size, normalize, opts, timestamps)
+        except AudioInputError as exc:
+            raise AudioInputError(f"{path}: {exc}") from exc
+        words = None
+        if result.words is not None:
+            words = [WordTiming(word=w.word, start_s=round(w.start_s, 3), end_s=round(w.end_s, 3))
+                     for w in result.words[0]]
+        out.append(FileTranscript(path=str(path), duration_s=round(wave.size / SAMPLE_RATE, 3), sample_rate=rate,
+                                  channels=channels, text=result.texts[0], windows=result.windows[0], words=words))
+    return out
+
+
+def transcribe_files_output(
+    paths: Sequence[Path | str], model_dir: Path, runner: Runner, model_label: str | None = None, **kwargs: object
+) -> TranscribeOutput:
+    """``transcribe_files`` wrapped with timing and provenance: the whole JSON document the CLI prints."""
+    opts = kwargs.pop("chunking", None) or ChunkingOptions()
+    began = time.perf_counter()
+    files = transcribe_files(paths, model_dir, runner, chunking=opts, **kwargs)  # type: ignore[arg-type]
+    elapsed = time.perf_counter() - began
+    audio = sum(f.duration_s for f in files)
+    return TranscribeOutput(
+        model=model_label or str(model_dir), runner=getattr(runner, "label", "") or type(runner).__name__,
+        chunking=opts, files=files, elapsed_s=round(elapsed, 3),
+        real_time_factor=round(audio / elapsed, 1) if elapsed > 0 else None,
+    )
