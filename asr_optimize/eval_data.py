@@ -10,14 +10,15 @@ same audio, decoded the same way (float32, 16 kHz, mono). Sources:
   decoded here with soundfile (``Audio(decode=False)``) so no torchcodec is needed and every source is
   resampled by the same code (``scipy.signal.resample_poly``).
 
-Bad rows (missing/unreadable file, zero-length or too-short audio, NaN/inf samples, empty reference)
-are skipped and recorded as ``BadRow(id, reason)``; ``EvalDataError`` is raised only when their share
-of the rows read exceeds ``max_bad_fraction`` (or nothing usable is left), so one broken file costs one
-utterance, not the run, while a broken dataset still fails loudly.
+Bad rows (missing/unreadable file, zero-length, too-short or too-long audio, NaN/inf samples, empty reference,
+a JSONL line that is not valid UTF-8 or JSON) are skipped and recorded as ``BadRow(id, reason)``;
+``EvalDataError`` is raised only when their share of the rows read exceeds ``max_bad_fraction`` (or nothing
+usable is left), so one broken file costs one utterance, not the run, while a broken dataset still fails loudly.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -97,6 +98,9 @@ class EvalSource(BaseModel):
     max_bad_fraction: float = Field(0.1, ge=0, le=1)
     min_duration_s: float = Field(0.025, ge=0)
     """wav2vec2's feature encoder needs 400 samples (25 ms) for a single output frame."""
+    max_duration_s: float | None = Field(60.0, gt=0)
+    """Rows longer than this are reported bad (checked from the header before decoding: a 600 s row would take GBs);
+    long recordings belong to the long-form path. None: no limit."""
     sample_rate: int = Field(TARGET_SAMPLE_RATE, gt=0)
     token: SecretStr | None = None
     """HF token (SecretStr: never in logs, reprs or Prefect parameters); else env ``token_env``."""
@@ -211,12 +215,23 @@ def _no_mp3_error(name: str) -> AudioDecodeError:
     )
 
 
+def _too_long(seconds: float, max_duration_s: float) -> AudioDecodeError:
+    return AudioDecodeError(
+        f"audio too long: {seconds:.1f} s > max_duration_s {max_duration_s:g} s "
+        "(long recordings belong to the long-form path)"
+    )
+
+
 def read_audio(
-    source: str | Path | bytes, target_rate: int = TARGET_SAMPLE_RATE, name: str | None = None
+    source: str | Path | bytes,
+    target_rate: int = TARGET_SAMPLE_RATE,
+    name: str | None = None,
+    max_duration_s: float | None = None,
 ) -> np.ndarray:
     """Decode a file path or encoded bytes with soundfile to float32 mono at ``target_rate``.
 
     Raises AudioDecodeError with a reason fit for a per-row report. ``name`` labels bytes in messages.
+    ``max_duration_s``: refuse longer audio from its header, before decoding it into memory.
     """
     if isinstance(source, bytes):
         label, head, stream = name or "audio bytes", source[:4], io.BytesIO(source)
@@ -229,6 +244,15 @@ def read_audio(
         label, stream = str(path), path
     if _looks_like_mp3(label, head) and not _mp3_supported():
         raise _no_mp3_error(label)
+    if max_duration_s is not None:
+        try:
+            info = sf.info(stream)
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
+            raise AudioDecodeError(f"unreadable audio {label}: {exc}") from exc
+        if isinstance(stream, io.BytesIO):
+            stream.seek(0)
+        if info.samplerate > 0 and info.frames / info.samplerate > max_duration_s:
+            raise _too_long(info.frames / info.samplerate, max_duration_s)
     try:
         data, sr = sf.read(stream, dtype="float32")
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
@@ -236,18 +260,18 @@ def read_audio(
     return to_mono_16k(data, sr, target_rate)
 
 
-def _decode_hf_audio(value: Any, target_rate: int) -> np.ndarray:
+def _decode_hf_audio(value: Any, target_rate: int, max_duration_s: float | None = None) -> np.ndarray:
     """Decode a datasets audio cell: {'bytes','path'}, {'array','sampling_rate'} or a path."""
     if isinstance(value, dict):
         if value.get("array") is not None:
             return to_mono_16k(np.asarray(value["array"]), int(value["sampling_rate"]), target_rate)
         if value.get("bytes"):
-            return read_audio(bytes(value["bytes"]), target_rate, name=value.get("path"))
+            return read_audio(bytes(value["bytes"]), target_rate, name=value.get("path"), max_duration_s=max_duration_s)
         if value.get("path"):
-            return read_audio(value["path"], target_rate)
+            return read_audio(value["path"], target_rate, max_duration_s=max_duration_s)
         raise AudioDecodeError("audio cell has neither bytes, path nor array")
     if isinstance(value, str | Path):
-        return read_audio(value, target_rate)
+        return read_audio(value, target_rate, max_duration_s=max_duration_s)
     if value is None:
         raise AudioDecodeError("audio cell is empty")
     raise AudioDecodeError(f"unsupported audio cell type {type(value).__name__}")
@@ -320,6 +344,9 @@ def _collect(
                 )
             )
             continue
+        if source.max_duration_s is not None and audio.size > source.max_duration_s * source.sample_rate:
+            bad.append(BadRow(utt_id, str(_too_long(audio.size / source.sample_rate, source.max_duration_s))))
+            continue
         utterances.append(Utterance(utt_id, audio, text, audio.size / source.sample_rate))
 
     for b in bad[:_LOG_BAD_ROWS]:
@@ -360,21 +387,33 @@ def read_manifest_rows(path: Path) -> tuple[list[dict[str, Any]], list[BadRow]]:
         quoting = csv.QUOTE_MINIMAL if sep == "," else csv.QUOTE_NONE
         try:
             df = pd.read_csv(
-                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, quoting=quoting
+                path, sep=sep, dtype=str, keep_default_na=False, na_filter=False, quoting=quoting,
+                encoding="utf-8-sig",  # a BOM (Excel, Notepad) is not part of the first column's name
             )
         except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise EvalDataError(f"cannot parse manifest {path}: {exc}") from exc
         return df.to_dict("records"), []
     if suffix in (".jsonl", ".json", ".ndjson"):
-        text = path.read_text(encoding="utf-8")
-        if suffix == ".json" and text.lstrip().startswith("["):
+        data = path.read_bytes()
+        if data.startswith(codecs.BOM_UTF8):
+            data = data[len(codecs.BOM_UTF8):]
+        if suffix == ".json" and data.lstrip().startswith(b"["):
             try:
-                return list(json.loads(text)), []
-            except json.JSONDecodeError as exc:
+                return list(json.loads(data.decode("utf-8"))), []
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise EvalDataError(f"cannot parse manifest {path}: {exc}") from exc
         rows, bad = [], []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
+        # split on b"\n" only: str.splitlines() would also split inside a transcript at U+2028/U+2029/U+0085,
+        # and decoding line by line costs one row, not the file, for a bad UTF-8 byte
+        for lineno, raw in enumerate(data.split(b"\n"), start=1):
+            raw = raw.rstrip(b"\r")
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad.append(BadRow(f"{path.name}:{lineno}", f"line is not valid UTF-8 (byte 0x{raw[exc.start]:02x} "
+                                                            f"at column {exc.start + 1})"))
                 continue
             try:
                 obj = json.loads(line)
@@ -413,7 +452,7 @@ def _load_manifest(path: Path, source: EvalSource, progress: bool) -> EvalSet:
         if not ref or not isinstance(ref, str):
             raise AudioDecodeError("no audio path in row")
         p = Path(ref).expanduser()
-        return read_audio(p if p.is_absolute() else base / p, source.sample_rate)
+        return read_audio(p if p.is_absolute() else base / p, source.sample_rate, max_duration_s=source.max_duration_s)
 
     return _collect(items(), decode, source, progress)
 
@@ -482,7 +521,8 @@ def _load_hf(source: EvalSource, progress: bool) -> EvalSet:
             yield _unique(utt_id, seen), row.get(text_col), row.get(audio_col)
 
     try:
-        return _collect(items(), lambda v: _decode_hf_audio(v, source.sample_rate), source, progress)
+        return _collect(items(), lambda v: _decode_hf_audio(v, source.sample_rate, source.max_duration_s), source,
+                        progress)
     except EvalDataError:
         raise
     except Exception as exc:  # streaming errors surface mid-iteration
