@@ -33,6 +33,7 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 ## bench-gpu: the GPU benchmark (run on a CUDA host; see README "GPU benchmark")
 bench-gpu: $(VENV)/.installed

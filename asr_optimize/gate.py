@@ -35,8 +35,9 @@ class GateThresholds(BaseModel):
     max_abs_logit_diff: float | None = Field(None, ge=0)
     require_faster_than_production: bool = True
     """Only applies when ``evaluate_gate`` is given the production latency."""
-    min_latency_gain: float = Field(0.0, ge=0, lt=1)
-    """Required relative improvement: candidate latency < production * (1 - gain); 0 = strictly faster."""
+    min_latency_gain: float = Field(0.05, ge=0, lt=1)
+    """Required relative improvement: candidate latency < production * (1 - gain). Below 5 % a new artifact is
+    noise, not worth a swap in production; 0 = strictly faster. The one latency rule: promotion uses it too."""
 
 
 class BackendScore(BaseModel):
@@ -112,6 +113,11 @@ class GateDecision(BaseModel):
         lines = [f"**{self.summary()}**", "", "| check | result | detail |", "|---|---|---|"]
         lines += [f"| {c.name} | {'pass' if c.passed else 'FAIL'} | {c.message} |" for c in self.checks]
         return "\n".join(lines)
+
+
+def latency_bound(production_latency_ms: float, thresholds: GateThresholds) -> float:
+    """The latency a candidate must stay under to replace production (the one latency rule)."""
+    return production_latency_ms * (1 - thresholds.min_latency_gain)
 
 
 def _pts(x: float) -> str:
@@ -222,7 +228,7 @@ def evaluate_gate(
             )
 
     if production_latency_ms is not None and t.require_faster_than_production:
-        bound = production_latency_ms * (1 - t.min_latency_gain)
+        bound = latency_bound(production_latency_ms, t)
         lat = candidate.latency_ms
         if not _finite(lat):
             add("latency", False, None, bound, f"{c}: no latency measured to compare with production")

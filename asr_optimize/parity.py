@@ -11,6 +11,21 @@ from asr_optimize.metrics import max_abs_logit_diff
 from asr_optimize.runners.base import Runner, transcribe
 
 
+def parity_audio(count: int) -> list[np.ndarray]:
+    """The first ``count`` real utterances of the bundled demo test set (synthetic speech-like audio without it).
+
+    Export and optimize check parity on this audio, and its hash is part of their cache keys.
+    """
+    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.paths import DEMO_TESTSET
+
+    if (DEMO_TESTSET / "manifest.jsonl").is_file():
+        from asr_optimize.eval_data import load_eval_set
+
+        return [u.audio for u in load_eval_set().utterances[:count]]
+    return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
+
+
 class ParityReport(BaseModel):
     """How far a backend's logits and transcripts are from the reference."""
 

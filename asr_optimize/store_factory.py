@@ -1,36 +1,17 @@
-"""One way to open the artifact store from a flow parameter: a folder, ``s3://bucket/prefix`` or ``block:<name>``."""
+"""Open the artifact store a URI names: ``s3://bucket/prefix`` or a local folder (``block:`` names live in blocks/)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from asr_optimize.errors import StoreError
 from asr_optimize.store import ArtifactStore, LocalArtifactStore
 
-BLOCK_PREFIX = "block:"
 
-
-def open_store(spec: str) -> ArtifactStore:
-    """The store named by ``spec``.
-
-    - ``block:<name>``: the saved ``asr-optimize model store`` block document (configured in the Prefect UI);
-    - ``s3://bucket/prefix``: S3, endpoint from ``AWS_ENDPOINT_URL``, credentials from boto3's default chain;
-    - anything else: a local folder.
-    """
+def open_store_uri(spec: str) -> ArtifactStore:
+    """``s3://bucket/prefix``: S3 (endpoint from ``AWS_ENDPOINT_URL[_S3]``, credentials from boto3's default chain);
+    anything else: a local folder."""
     spec = spec.strip()
-    if spec.startswith(BLOCK_PREFIX):
-        from prefect.exceptions import ObjectNotFound
-
-        from blocks.model_store import ModelStore
-
-        name = spec[len(BLOCK_PREFIX):]
-        try:
-            block = ModelStore.load(name)
-        except (ValueError, ObjectNotFound) as exc:
-            raise StoreError(f"no model-store block named {name!r}: create it with "
-                             "`python -m deploy.register_blocks` or in the Prefect UI") from exc
-        return block.get_store()
     if spec.startswith("s3://"):
         from asr_optimize.s3_store import S3ArtifactStore
 

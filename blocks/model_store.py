@@ -8,7 +8,11 @@ from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
 from asr_optimize.errors import StoreError
+from asr_optimize.settings import get_settings
 from asr_optimize.store import ArtifactStore, LocalArtifactStore
+from asr_optimize.store_factory import open_store_uri
+
+BLOCK_PREFIX = "block:"
 
 try:  # prefect-aws gives a reusable, UI-editable credentials block
     from prefect_aws import AwsCredentials
@@ -28,7 +32,7 @@ class ModelStore(Block):
     _description = "Artifact store for asr-optimize: a local folder or an S3 / MinIO bucket with a prefix."
 
     kind: Literal["local", "s3"] = Field("local", description="'local' folder or 's3' bucket")
-    path: str = Field("model_store", description="Folder for kind=local")
+    path: str = Field(default_factory=lambda: get_settings().store, description="Folder for kind=local")
     bucket: str | None = Field(None, description="Bucket for kind=s3")
     prefix: str = Field("asr-optimize", description="Key prefix inside the bucket")
     endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO), e.g. http://minio:9000")
@@ -65,3 +69,19 @@ class ModelStore(Block):
             aws_access_key_id=getattr(self, "aws_access_key_id", None),
             aws_secret_access_key=secret.get_secret_value() if secret else None,
         )
+
+
+def open_store(spec: str) -> ArtifactStore:
+    """The store named by ``spec``: ``block:<name>`` (a saved model-store block), ``s3://bucket/prefix`` or a folder."""
+    spec = spec.strip()
+    if not spec.startswith(BLOCK_PREFIX):
+        return open_store_uri(spec)
+    from prefect.exceptions import ObjectNotFound
+
+    name = spec[len(BLOCK_PREFIX):]
+    try:
+        block = ModelStore.load(name)
+    except (ValueError, ObjectNotFound) as exc:
+        raise StoreError(f"no model-store block named {name!r}: create it with "
+                         "`python -m deploy.register_blocks` or in the Prefect UI") from exc
+    return block.get_store()

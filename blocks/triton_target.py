@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -12,6 +11,7 @@ from pydantic import Field
 
 from asr_optimize.errors import StoreError
 from asr_optimize.s3_util import split_s3_uri
+from asr_optimize.settings import get_settings, s3_endpoint_url
 from blocks.model_store import HAVE_PREFECT_AWS
 
 if HAVE_PREFECT_AWS:
@@ -26,7 +26,8 @@ class TritonTarget(Block):
 
     http_url: str = Field("http://127.0.0.1:8000", description="Triton HTTP endpoint")
     grpc_url: str = Field("127.0.0.1:8001", description="Triton gRPC endpoint (host:port)")
-    repository: str = Field("triton_repository", description="Model repository: a folder or s3://bucket/prefix")
+    repository: str = Field(default_factory=lambda: str(get_settings().triton_repository),
+                            description="Model repository: a folder or s3://bucket/prefix")
     repository_endpoint_url: str | None = Field(None, description="S3-compatible endpoint of an s3:// repository")
     model_name: str = Field("wav2vec2_ctc", description="The acoustic model's name in the repository")
     pipeline_name: str = Field("asr", description="The end-to-end (audio -> text) pipeline model")
@@ -54,7 +55,7 @@ class TritonTarget(Block):
 
         creds = getattr(self, "repository_credentials", None)
         session = creds.get_boto3_session() if creds is not None else boto3.session.Session()
-        endpoint = self.repository_endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = self.repository_endpoint_url or s3_endpoint_url()
         return session.client("s3", endpoint_url=endpoint, region_name=session.region_name or "us-east-1")
 
     def upload_repository(self, local_root: Path) -> list[str]:

@@ -1,7 +1,7 @@
 r"""Register asr-optimize's block types with the Prefect API and create the default block documents.
 
-    python deploy/register_blocks.py                       # local store ./model_store, local Triton defaults
-    python deploy/register_blocks.py --s3-bucket models --s3-endpoint http://minio:9000 \
+    python -m deploy.register_blocks                       # local store ./model_store, local Triton defaults
+    python -m deploy.register_blocks --s3-bucket models --s3-endpoint http://minio:9000 \
         --credentials-block minio --results-block    # S3 store + Prefect results in the same bucket
 
 Existing documents are kept unless ``--overwrite`` is given. Credentials are never passed on the command line:
@@ -12,15 +12,13 @@ default chain (environment, profile, instance role) on each worker.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from uuid import UUID
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from prefect.blocks.core import Block
 from prefect.client.orchestration import get_client
 
+from asr_optimize.settings import get_settings
 from blocks.model_store import HAVE_PREFECT_AWS, ModelStore
 from blocks.triton_target import TritonTarget
 
@@ -46,7 +44,7 @@ def _save(block: Block, name: str, overwrite: bool) -> UUID:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--store-path", default="model_store", help="folder of the default local store")
+    parser.add_argument("--store-path", default=get_settings().store, help="folder of the default local store")
     parser.add_argument("--s3-bucket", help="make the store an S3 bucket instead of a folder")
     parser.add_argument("--s3-prefix", default="asr-optimize")
     parser.add_argument("--s3-endpoint", help="S3-compatible endpoint URL (MinIO)")
@@ -56,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"also create an s3-bucket block {RESULTS_BLOCK!r} for Prefect result storage")
     parser.add_argument("--triton-http", default="http://127.0.0.1:8000")
     parser.add_argument("--triton-grpc", default="127.0.0.1:8001")
-    parser.add_argument("--triton-repository", default="triton_repository")
+    parser.add_argument("--triton-repository", default=str(get_settings().triton_repository))
     parser.add_argument("--overwrite", action="store_true", help="replace existing documents")
     args = parser.parse_args(argv)
 

@@ -31,9 +31,9 @@ say "task concurrency limit: tag gpu -> $GPU_SLOTS (one GPU stage at a time per 
 "$PREFECT" concurrency-limit create gpu "$GPU_SLOTS"
 
 if [ -f deploy/register_blocks.py ]; then
-  say "blocks (deploy/register_blocks.py ${REGISTER_BLOCKS_ARGS:-})"
+  say "blocks (python -m deploy.register_blocks ${REGISTER_BLOCKS_ARGS:-})"
   # shellcheck disable=SC2086
-  "$PYTHON" deploy/register_blocks.py ${REGISTER_BLOCKS_ARGS:-}
+  "$PYTHON" -m deploy.register_blocks ${REGISTER_BLOCKS_ARGS:-}
 fi
 
 if [ "${DEPLOY:-1}" != "0" ]; then

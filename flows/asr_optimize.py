@@ -1,7 +1,11 @@
-"""The asr-optimize flow: profile -> export -> optimize -> TensorRT -> benchmark -> evaluate -> report.
+"""The asr-optimize flow, read top to bottom as the pipeline diagram:
 
-Run it locally with ``asr-optimize run`` (an ephemeral local Prefect API is used when no server is
-configured), or as the ``asr-optimize/prod`` deployment on a GPU work pool.
+    resolve -> profile -> export -> optimize -> engines (TensorRT, fused) -> benchmark -> evaluate -> promote
+            -> deploy (Triton hot-swap + health) -> report
+
+Every stage is a plain function in ``tasks/`` returning a ``StageResult``; this module only wires them. Run it with
+``asr-optimize run`` (a temporary local Prefect API is used when no server is configured), or as the
+``asr-optimize/prod`` deployment on a GPU work pool.
 """
 
 from __future__ import annotations
@@ -10,54 +14,49 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
-from prefect import flow, task
+from prefect import flow
 from prefect.runtime import flow_run
 from pydantic import BaseModel, Field
 
 from asr_optimize import __version__
-from asr_optimize.audio import synthetic_audio
 from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.model_source import ResolvedModel, resolve_model
-from asr_optimize.paths import DEFAULT_MODEL, DEMO_TESTSET
-from asr_optimize.store_factory import open_store
-from asr_optimize.triton.hotswap import SwapOptions
-from tasks.benchmark import BenchmarkOptions, benchmark_task, pipeline_runner_specs
-from tasks.common import StageResult, get_logger, retry_on_transient, skipped
-from tasks.deploy_triton import canary_from_eval_set, deploy_task, health_check_task, triton_endpoint
+from asr_optimize.parity import parity_audio
+from asr_optimize.paths import DEFAULT_MODEL
+from asr_optimize.settings import get_settings
+from blocks.model_store import open_store
+from blocks.triton_target import TritonTarget
+from tasks.backends import pipeline_runner_specs
+from tasks.benchmark import BenchmarkOptions, benchmark_task
+from tasks.common import StageResult, get_logger, on_device
+from tasks.deploy_triton import STAGE as DEPLOY_STAGE
+from tasks.deploy_triton import TritonOptions, deploy_task
 from tasks.evaluate import EvaluateOptions, evaluate_task, load_eval_task
 from tasks.export import ExportOptions, export_task
+from tasks.fused_build import FusedBuildOptions, fused_task
 from tasks.optimize import OptimizeOptions, optimize_task
 from tasks.profile import ProfileOptions, profile_task
-from tasks.promote import PromotionDecision, choose_candidate_task, move_production_task
+from tasks.promote import move_production_pointer, promote_task
 from tasks.report import report_task
+from tasks.resolve import resolve_task
 from tasks.tensorrt_build import EngineOptions, tensorrt_task
 
 
-class TritonOptions(BaseModel):
-    """Where the promoted artifact is served. No URL: the bundled tritonserver is started on loopback."""
-
-    enabled: bool = True
-    url: str | None = None
-    repository: str = "triton_repository"
-    swap: SwapOptions = Field(default_factory=SwapOptions)
-    canary_utterances: int = 16
-    health_requests: int = 20
-
-
 class PipelineOptions(BaseModel):
-    """Every stage's knobs, with defaults sized for the demo model on a CPU."""
+    """Every stage's knobs, with defaults sized for the demo model on a CPU (``--options FILE.yaml`` sets them)."""
+
+    model_config = {"extra": "forbid"}
 
     profile: ProfileOptions = Field(default_factory=ProfileOptions)
     export: ExportOptions = Field(default_factory=ExportOptions)
     optimize: OptimizeOptions = Field(default_factory=OptimizeOptions)
     tensorrt: EngineOptions = Field(default_factory=EngineOptions)
+    fused: FusedBuildOptions = Field(default_factory=FusedBuildOptions)
     benchmark: BenchmarkOptions = Field(default_factory=BenchmarkOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
-    triton: TritonOptions = Field(default_factory=lambda: TritonOptions())
-    parity_utterances: int = 4
+    triton: TritonOptions = Field(default_factory=TritonOptions)
+    parity_utterances: int = Field(4, ge=1)
 
 
 class FlowSummary(BaseModel):
@@ -69,115 +68,119 @@ class FlowSummary(BaseModel):
     capabilities: Capabilities
     promoted: str | None = None
 
-
-@task(name="resolve-model", retries=3, retry_delay_seconds=[2, 10, 30], retry_condition_fn=retry_on_transient)
-def resolve_task(model: str, revision: str | None) -> ResolvedModel:
-    """Pin the model to an exact revision (hub sha or content hash) and a local folder."""
-    resolved = resolve_model(model, revision)
-    get_logger().info("model %s resolved to %s revision %s (%s)", model, resolved.kind, resolved.revision,
-                      resolved.architecture)
-    return resolved
+    def failed(self) -> dict[str, str]:
+        return {stage: status for stage, status in self.stages.items() if status == "failed"}
 
 
-def parity_audio(count: int) -> list[np.ndarray]:
-    """A few real utterances from the bundled test set (synthetic audio if it is not there)."""
-    if (DEMO_TESTSET / "manifest.jsonl").is_file():
-        from asr_optimize.eval_data import load_eval_set
-
-        return [u.audio for u in load_eval_set().utterances[:count]]
-    return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
+class StagesFailed(AsrOptimizeError):
+    """The run finished and wrote its report, but a stage failed (e.g. the Triton swap was rolled back)."""
 
 
-def on_device(stage_task: Any, device: str) -> Any:
-    """The task with the ``gpu`` tag when it runs on CUDA: the `gpu` concurrency limit then serialises GPU work."""
-    return stage_task.with_options(tags={*stage_task.tags, "gpu"}) if device == "cuda" else stage_task
+def run_device(device: str, caps: Capabilities, require_gpu: bool, require_tensorrt: bool) -> str:
+    """``cuda`` or ``cpu`` for this run; production requirements fail loudly here, before any work."""
+    if require_gpu and not caps.cuda:
+        raise AsrOptimizeError("this deployment requires a CUDA GPU, and none is visible to PyTorch on this worker")
+    if require_tensorrt and caps.why_no_tensorrt():
+        raise AsrOptimizeError(f"this deployment requires TensorRT: {caps.why_no_tensorrt()}")
+    if device == "cuda" and not caps.cuda:
+        raise AsrOptimizeError("device=cuda was requested, but no CUDA GPU is visible to PyTorch")
+    return "cuda" if device == "cuda" or (device == "auto" and caps.cuda) else "cpu"
 
 
-def deploy_stage(promotion: PromotionDecision, eval_set: Any, model: ResolvedModel, caps: Capabilities,
-                 opts: TritonOptions) -> StageResult:
-    """Hot-swap the promoted artifact into Triton (canary, rollback) and health-check it, or say why not."""
-    if not opts.enabled:
-        return skipped("deploy-triton", "disabled (options.triton.enabled = false)")
-    if not promotion.promoted or not promotion.artifact:
-        return skipped("deploy-triton", f"nothing to deploy: {promotion.reason}")
-    if opts.url is None and not caps.tritonserver:
-        return skipped("deploy-triton", "no Triton URL configured and no tritonserver binary found "
-                                        "(pip install --no-deps nvidia-pytriton==0.7.0)")
-    if opts.url is None and not promotion.artifact.endswith(".onnx"):
-        return skipped("deploy-triton", "the bundled tritonserver serves only ONNX through its python backend; "
-                                        f"{promotion.artifact} needs a Triton URL (NGC image)")
-    repository = Path(opts.repository).resolve()
-    canary = canary_from_eval_set(eval_set, model.local_dir, limit=opts.canary_utterances)
-    with triton_endpoint(opts.url, repository) as url:
-        result = deploy_task(Path(promotion.artifact), model.local_dir, repository, url, canary, opts.swap,
-                             source=promotion.candidate or "")
-        if result.status == "ok":
-            health = health_check_task(url, repository, canary.waves, model_name=opts.swap.model_name,
-                                       pipeline_name=opts.swap.pipeline_name, n_requests=opts.health_requests)
-            result.metrics["health"] = health.status
-            result.metrics["health_p50_ms"] = health.metrics.get("latency_p50_ms")
-            result.metrics["health_p99_ms"] = health.metrics.get("latency_p99_ms")
-    return result
+def writable_report_dir(root: Path, run_name: str) -> Path:
+    """The run's report folder, checked before any work so a bad path fails in seconds, not after the benchmark."""
+    folder = root / run_name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise AsrOptimizeError(f"reports folder {folder} is not writable: {exc.strerror or exc}") from None
+    return folder
+
+
+def triton_options_from_block(opts: TritonOptions) -> TritonOptions:
+    """``opts`` with the URL, repository and model names of its ``target_block`` (a saved TritonTarget), if any."""
+    if not opts.target_block:
+        return opts
+    target = TritonTarget.load(opts.target_block)
+    if target.is_s3:
+        raise AsrOptimizeError(f"Triton target {opts.target_block!r} has an s3:// repository; the hot-swap needs a "
+                               "folder the worker and the server share (mount it), S3 repositories are not swapped")
+    swap = opts.swap.model_copy(update={"model_name": target.model_name, "pipeline_name": target.pipeline_name})
+    return opts.model_copy(update={"url": target.http_url, "repository": Path(target.repository), "swap": swap})
+
+
+def deploy_or_failed(*args: Any) -> StageResult:
+    """The deploy stage's result; a deploy that still fails after its retries becomes a failed row, not a crash."""
+    state = deploy_task(*args, return_state=True)
+    if state.is_completed():
+        return state.result()
+    message = state.message or "deploy task did not complete"
+    get_logger().error("%s: %s", DEPLOY_STAGE, message)
+    return StageResult(stage=DEPLOY_STAGE, status="failed", reason=message)
 
 
 @flow(name="asr-optimize", log_prints=True)
 def asr_optimize_flow(
     model: str = str(DEFAULT_MODEL),
     revision: str | None = None,
-    store: str = "model_store",  # a folder, s3://bucket/prefix, or block:<model-store block name>
-    reports_dir: str = "reports",
+    store: str | None = None,  # a folder, s3://bucket/prefix or block:<name>; default: settings (model_store)
+    reports_dir: str | None = None,  # default: settings (reports)
     device: Literal["auto", "cpu", "cuda"] = "auto",
     require_gpu: bool = False,
     require_tensorrt: bool = False,
     options: PipelineOptions | None = None,
 ) -> FlowSummary:
-    """Turn a wav2vec2 CTC model into verified, benchmarked artifacts in the model store."""
-    log = get_logger()
+    """Turn a wav2vec2 CTC model into verified, benchmarked artifacts in the model store, and serve the best."""
+    settings = get_settings()
     opts = options or PipelineOptions()
     caps = detect()
-    log.info("capabilities: %s", caps.model_dump_json())
-    if require_gpu and not caps.cuda:
-        raise AsrOptimizeError("this deployment requires a CUDA GPU, and none is visible to PyTorch on this worker")
-    if require_tensorrt and caps.why_no_tensorrt():
-        raise AsrOptimizeError(f"this deployment requires TensorRT: {caps.why_no_tensorrt()}")
-    run_device = "cuda" if device == "cuda" or (device == "auto" and caps.cuda) else "cpu"
-    if run_device == "cuda" and not caps.cuda:
-        raise AsrOptimizeError("device=cuda was requested, but no CUDA GPU is visible to PyTorch")
+    get_logger().info("capabilities: %s", caps.model_dump_json())
+    dev = run_device(device, caps, require_gpu, require_tensorrt)
     run_name = flow_run.get_name() or datetime.now(UTC).strftime("run-%Y%m%d-%H%M%S")
-    artifact_store = open_store(store)
-    log.info("model store: %s", artifact_store.describe())
+    report_dir = writable_report_dir(Path(reports_dir or settings.reports_dir), run_name)
+    artifact_store = open_store(store or settings.store)
+    get_logger().info("model store: %s", artifact_store.describe())
+    triton_opts = triton_options_from_block(opts.triton)
 
     resolved = resolve_task(model, revision)
     waves = parity_audio(opts.parity_utterances)
-    profile_opts = opts.profile.model_copy(update={"device": run_device})
-    profile = on_device(profile_task, run_device)(artifact_store, resolved, profile_opts)
+    eval_set = load_eval_task(opts.evaluate.source)
+    profile = on_device(profile_task, dev)(artifact_store, resolved, opts.profile.model_copy(update={"device": dev}))
     export = export_task(artifact_store, resolved, opts.export, waves)
     optimized = optimize_task(artifact_store, resolved, export, opts.optimize, waves)
-    engines = tensorrt_task(artifact_store, resolved, optimized, caps, opts.tensorrt, export=export)
-    stages = [profile, export, optimized, engines]
+    engines = tensorrt_task(artifact_store, resolved, optimized, caps, opts.tensorrt, export)
+    calibration = [u.audio for u in eval_set.utterances]  # fp8 activation scales come from real speech
+    fused = on_device(fused_task, dev)(artifact_store, resolved, opts.fused, dev, calibration)
+    specs = pipeline_runner_specs(resolved, export, optimized, engines, caps, dev, fused)
+    benchmark = on_device(benchmark_task, dev)(specs, opts.benchmark, report_dir)
+    evaluation = on_device(evaluate_task, dev)(specs, eval_set, resolved.local_dir, opts.evaluate, report_dir)
+    promotion = promote_task(specs, evaluation, benchmark, artifact_store, dev, resolved.source, opts.evaluate.gate)
+    deployment = deploy_or_failed(promotion, eval_set, resolved, caps, triton_opts)
+    decision = promotion.output
+    if decision is not None and decision.promoted and deployment.status in ("ok", "skipped"):
+        move_production_pointer(artifact_store, decision, dev, resolved.source, resolved.revision,
+                                {"triton": deployment.status, **deployment.metrics})
 
-    report_dir = Path(reports_dir) / run_name
-    specs = pipeline_runner_specs(resolved, export, optimized, engines, caps, run_device)
-    benchmarks: pd.DataFrame = on_device(benchmark_task, run_device)(specs, opts.benchmark, report_dir)
-    eval_set = load_eval_task(opts.evaluate.source)
-    evaluation = on_device(evaluate_task, run_device)(specs, eval_set, resolved.local_dir, opts.evaluate, report_dir)
-    promotion = choose_candidate_task(specs, evaluation, benchmarks, artifact_store, run_device, resolved.source)
-    deployment = deploy_stage(promotion, eval_set, resolved, caps, opts.triton)
-    stages.append(deployment)
-    if promotion.promoted and deployment.status in ("ok", "skipped"):
-        move_production_task(artifact_store, promotion, run_device, resolved.source, resolved.revision,
-                             {"triton": deployment.status, **deployment.metrics})
+    stages = [profile, export, optimized, engines, fused, benchmark, evaluation, promotion, deployment]
     run_info: dict[str, Any] = {
         "run_name": run_name, "model": resolved.source, "revision": resolved.revision, "code_version": __version__,
-        "device": run_device, "gpu": caps.gpu_name or "none", "tensorrt": caps.tensorrt_version or caps.tensorrt_reason,
+        "device": dev, "gpu": caps.gpu_name or "none", "tensorrt": caps.tensorrt_version or caps.tensorrt_reason,
         "store": artifact_store.describe(),
     }
-    extra = [
-        "## Promotion", f"- promoted: **{promotion.promoted}**", f"- {promotion.reason}",
-        f"- evaluation set: {evaluation.eval_set}",
-    ]
-    report = report_task(report_dir, run_info, stages, benchmarks, profile.file("operators.csv"),
-                         evaluation.table(), extra)
-    return FlowSummary(run_name=run_name, model=resolved.source, revision=resolved.revision,
-                       stages={s.stage: s.status for s in stages}, report_folder=report["folder"], capabilities=caps,
-                       promoted=promotion.candidate if promotion.promoted else None)
+    extra = ["## Promotion", f"- promoted: **{bool(decision and decision.promoted)}**",
+             f"- {decision.reason if decision else promotion.reason}",
+             f"- evaluation set: {evaluation.output.eval_set if evaluation.output else 'none'}"]
+    report = report_task(report_dir, run_info, stages, benchmark.output.frame() if benchmark.output else pd.DataFrame(),
+                         profile.file("operators.csv") if profile.usable else None,
+                         evaluation.output.table() if evaluation.output else None, extra)
+    summary = FlowSummary(
+        run_name=run_name, model=resolved.source, revision=resolved.revision,
+        stages={s.stage: s.status for s in [*stages, report]}, report_folder=str(report_dir), capabilities=caps,
+        promoted=decision.candidate if decision and decision.promoted else None)
+    if summary.failed():
+        reasons = "; ".join(f"{s.stage}: {s.reason}" for s in stages if s.status == "failed")
+        raise StagesFailed(f"{reasons} (report in {report_dir})")
+    return summary

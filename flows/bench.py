@@ -1,4 +1,4 @@
-"""The GPU benchmark suite behind ``asr-optimize bench`` / ``make bench-gpu``.
+"""The GPU benchmark suite behind ``asr-optimize bench`` / ``make bench-gpu``: the flow's stages, without Prefect.
 
 One command, one machine, one run: it builds (or reuses) the pipeline's artifacts for the full-size model
 (the IndicWav2Vec Hindi architecture with random weights when the real weights are not at hand), times the
@@ -18,18 +18,24 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from asr_optimize.capabilities import detect
+from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.eval_data import load_eval_set
 from asr_optimize.model_source import ResolvedModel, init_random_model, resolve_model
+from asr_optimize.parity import parity_audio
 from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
-from asr_optimize.store_factory import open_store
-from tasks.benchmark import BenchCase, BenchmarkOptions, RunnerSpec, pipeline_runner_specs, run_benchmarks
+from asr_optimize.runners.registry import RunnerSpec, baseline_label
+from asr_optimize.settings import get_settings
+from asr_optimize.store import ArtifactStore
+from blocks.model_store import open_store
+from tasks.backends import pipeline_runner_specs
+from tasks.benchmark import BenchCase, BenchmarkOptions, run_benchmarks
 from tasks.common import StageResult, get_logger
 from tasks.evaluate import EvaluateOptions, evaluate_backends
-from tasks.export import ExportOptions, export_task
-from tasks.optimize import OptimizeOptions, optimize_task
+from tasks.export import ExportOptions, export_stage
+from tasks.fused_build import FusedBuildOptions, build_fused_engines
+from tasks.optimize import OptimizeOptions, optimize_stage
 from tasks.report import benchmark_charts
-from tasks.tensorrt_build import EngineOptions, tensorrt_task
+from tasks.tensorrt_build import EngineOptions, build_engines
 
 
 def _default_cases() -> list[BenchCase]:
@@ -41,13 +47,14 @@ class BenchSuiteOptions(BaseModel):
     model: str | None = None  # None: the replica architecture with random weights (speed only)
     accuracy_model: str = str(DEFAULT_MODEL)
     device: str = "cuda"
-    cases: list[BenchCase] = Field(default_factory=_default_cases)
-    warmup: int = 5
-    iterations: int = 30
+    cases: list[BenchCase] = Field(default_factory=_default_cases, min_length=1)
+    warmup: int = Field(5, ge=0)
+    iterations: int = Field(30, ge=1)
     max_seconds_per_case: float = 20.0
-    store: str = "model_store"
+    store: str = Field(default_factory=lambda: get_settings().store)
     out_dir: Path | None = None
     only: list[str] = Field(default_factory=list)  # keep runners whose label contains one of these
+    include_cpu: bool = False  # on CUDA, also time ONNX Runtime's CPU provider (minutes at 64 x 10 s)
     skip_accuracy: bool = False
     prepare_only: bool = False
     compile: bool = False  # add torch.compile + CUDA graphs (minutes of compilation per batch shape)
@@ -61,25 +68,48 @@ def replica_model(cache: Path) -> Path:
     return folder
 
 
-def build_artifacts(store: Any, model: ResolvedModel, caps: Any) -> tuple[StageResult, StageResult, StageResult]:
-    """Export, optimize and (where TensorRT exists) build engines; every stage reuses the store's cache."""
-    from flows.asr_optimize import parity_audio
+class BuiltArtifacts(BaseModel):
+    export: StageResult
+    optimized: StageResult
+    engines: StageResult
+    fused: StageResult
 
+    def stages(self) -> list[StageResult]:
+        return [self.export, self.optimized, self.engines, self.fused]
+
+
+def build_artifacts(store: ArtifactStore, model: ResolvedModel, caps: Capabilities, device: str) -> BuiltArtifacts:
+    """Export, optimize and build engines (TensorRT where it exists, the fused engines on CUDA), all through the
+    store's cache: the same stage functions the flow runs."""
     waves = parity_audio(4)
-    export = export_task.fn(store, model, ExportOptions(), waves)
-    optimized = optimize_task.fn(store, model, export, OptimizeOptions(), waves)
-    engines = tensorrt_task.fn(store, model, optimized, caps, EngineOptions(), export=export)
-    return export, optimized, engines
+    export = export_stage(store, model, ExportOptions(), waves)
+    optimized = optimize_stage(store, model, export, OptimizeOptions(), waves)
+    engines = build_engines(store, model, optimized, caps, EngineOptions(), export)
+    calibration = [u.audio for u in load_eval_set().utterances]
+    fused = build_fused_engines(store, model, FusedBuildOptions(), device, calibration)
+    return BuiltArtifacts(export=export, optimized=optimized, engines=engines, fused=fused)
+
+
+def suite_specs(model: ResolvedModel, built: BuiltArtifacts, caps: Capabilities, opts: BenchSuiteOptions
+                ) -> list[RunnerSpec]:
+    specs = pipeline_runner_specs(model, built.export, built.optimized, built.engines, caps, opts.device, built.fused,
+                                  include_cpu=opts.include_cpu)
+    specs = _select(specs, opts.only)
+    if opts.compile and opts.device == "cuda":
+        specs.append(compiled_spec(model))
+    return specs
 
 
 def compiled_spec(model: ResolvedModel) -> RunnerSpec:
-    return RunnerSpec(label="pytorch:compiled+graphs:fp16@cuda", kind="pytorch", path=model.local_dir,
-                      device="cuda", precision="fp16", options={"fast": True, "compile": True})
+    return RunnerSpec(kind="pytorch", variant="compiled+graphs", precision="fp16", device="cuda",
+                      path=model.local_dir, options={"fast": True, "compile": True})
 
 
-def _select(specs: list, only: list[str]) -> list:
+def _select(specs: list[RunnerSpec], only: list[str]) -> list[RunnerSpec]:
     """Keep the baseline plus the runners matching ``only`` (all when empty)."""
-    return specs if not only else [specs[0]] + [s for s in specs[1:] if any(o in s.label for o in only)]
+    if not only:
+        return specs
+    return [s for s in specs if s.label == baseline_label(s.device) or any(o in s.label for o in only)]
 
 
 def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
@@ -87,25 +117,22 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     log = get_logger()
     caps = detect()
     store = open_store(opts.store)
-    out = opts.out_dir or Path("reports") / datetime.now(UTC).strftime("bench-%Y%m%d-%H%M%S")
+    out = opts.out_dir or get_settings().reports_dir / datetime.now(UTC).strftime("bench-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path.home() / ".cache" / "asr-optimize"
-    model = resolve_model(opts.model) if opts.model else resolve_model(str(replica_model(cache)))
+    model = resolve_model(opts.model) if opts.model else resolve_model(str(replica_model(get_settings().cache_root)))
     log.info("bench: model %s (%s), device %s (%s)", model.source, model.revision, opts.device, caps.gpu_name)
-    export, optimized, engines = build_artifacts(store, model, caps)
+    built = build_artifacts(store, model, caps, opts.device)
     summary: dict[str, Any] = {
         "machine": caps.gpu_name or platform.processor() or platform.machine(), "host": platform.node(),
         "torch": caps.torch_version, "onnxruntime": caps.onnxruntime_version, "ort_providers": caps.ort_providers,
         "tensorrt": caps.tensorrt_version or caps.why_no_tensorrt(), "model": model.source,
         "revision": model.revision, "out_dir": str(out),
-        "stages": {s.stage: s.status for s in (export, optimized, engines)},
-        "fused_operators": optimized.metrics.get("fused_operators"),
+        "stages": {s.stage: s.status for s in built.stages()},
+        "fused_operators": built.optimized.metrics.get("fused_operators"),
     }
     if opts.prepare_only:
         return summary
-    specs = _select(pipeline_runner_specs(model, export, optimized, engines, caps, opts.device), opts.only)
-    if opts.compile and opts.device == "cuda":
-        specs.append(compiled_spec(model))
+    specs = suite_specs(model, built, caps, opts)
     bench = run_benchmarks(specs, BenchmarkOptions(cases=opts.cases, warmup=opts.warmup, iterations=opts.iterations,
                                                    max_seconds_per_case=opts.max_seconds_per_case))
     bench.insert(0, "machine", summary["machine"])
@@ -114,11 +141,7 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     accuracy = pd.DataFrame()
     if not opts.skip_accuracy:
         demo = resolve_model(opts.accuracy_model)
-        d_export, d_optimized, d_engines = build_artifacts(store, demo, caps)
-        demo_specs = _select(pipeline_runner_specs(demo, d_export, d_optimized, d_engines, caps, opts.device),
-                             opts.only)
-        if opts.compile and opts.device == "cuda":
-            demo_specs.append(compiled_spec(demo))
+        demo_specs = suite_specs(demo, build_artifacts(store, demo, caps, opts.device), caps, opts)
         evaluation = evaluate_backends(demo_specs, load_eval_set(), demo.local_dir, EvaluateOptions(), out)
         accuracy = evaluation.table()
         accuracy.to_csv(out / "accuracy.csv", index=False)

@@ -1,60 +1,137 @@
-"""The ``asr-optimize`` command line: run the flow, benchmark, inspect capabilities, make test models."""
+"""The ``asr-optimize`` command line, the top layer: run the flow, benchmark, inspect capabilities, make test models.
+
+Defaults come from ``asr_optimize.settings`` (env ``ASR_OPTIMIZE_*``) and the stage options models, never from
+copies here. Exit codes: 0 ok; 1 the run finished but a stage failed (report written); 2 bad input or a clear,
+non-retryable error; 3 a transient fault that outlasted its retries (Triton, S3 or the hub unreachable).
+"""
 
 from __future__ import annotations
 
 import json
+import signal
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
+from asr_optimize.errors import AsrOptimizeError, TransientError
 from asr_optimize.paths import DEFAULT_MODEL
+from asr_optimize.settings import get_settings
 
 app = typer.Typer(help="Optimize, verify and deploy wav2vec2 CTC speech models.", no_args_is_help=True)
 console = Console()
 
+EXIT_STAGE_FAILED, EXIT_BAD_INPUT, EXIT_TRANSIENT = 1, 2, 3
 
-def parse_cases(text: str) -> list:
-    """'1x1,16x10' -> [BenchCase(batch=1, seconds=1), BenchCase(batch=16, seconds=10)]."""
-    from tasks.benchmark import BenchCase
 
-    cases = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        batch, _, seconds = item.lower().rstrip("s").partition("x")
-        try:
-            cases.append(BenchCase(batch=int(batch), seconds=float(seconds)))
-        except ValueError as exc:
-            raise typer.BadParameter(f"benchmark case {item!r}: expected BATCHxSECONDS such as 16x10") from exc
-    return cases
+def _fail(code: int, message: str) -> typer.Exit:
+    console.print(f"[bold red]asr-optimize failed:[/] {message}")
+    return typer.Exit(code)
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into a normal exit, so context managers stop what the run started (the temporary Prefect
+    server, the bundled tritonserver) instead of leaving them behind."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
+def load_options_file(path: Path | None) -> dict[str, Any]:
+    """``--options FILE.yaml`` (or .json): any ``PipelineOptions`` field, validated when the options are built."""
+    if path is None:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise typer.BadParameter(f"cannot read options file {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"options file {path} must hold a mapping of stage options, got {type(data).__name__}")
+    return data
+
+
+def build_options(options_file: Path | None, overrides: dict[str, Any]) -> Any:
+    """``PipelineOptions`` from the file, then the explicit command-line flags on top; errors name the field."""
+    from flows.asr_optimize import PipelineOptions
+
+    data = load_options_file(options_file)
+    for dotted, value in overrides.items():
+        section, _, field = dotted.partition(".")
+        data.setdefault(section, {})[field] = value
+    try:
+        return PipelineOptions.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise typer.BadParameter(f"invalid options: {problems}") from None
+
+
+def eval_source(text: str) -> dict[str, Any]:
+    """``demo``, ``longform``, a manifest path (CSV/TSV/JSONL), or ``hf:<dataset_id>[:<config>[:<split>]]``."""
+    if text in ("demo", "longform"):
+        return {"kind": text}
+    if text.startswith("hf:"):
+        dataset, config, split = [*text[3:].split(":"), "hi", "test"][:3]
+        return {"kind": "hf", "dataset_id": dataset, "config": config, "split": split}
+    return {"kind": "manifest", "path": text}
 
 
 @app.command()
 def run(
     model: Annotated[str, typer.Option(help="hub id, local folder or s3:// URI")] = str(DEFAULT_MODEL),
     revision: Annotated[str | None, typer.Option(help="hub revision (branch, tag or commit sha)")] = None,
-    store: Annotated[str, typer.Option(help="a folder, s3://bucket/prefix, or block:<name>")] = "model_store",
-    reports: Annotated[str, typer.Option(help="folder for per-run reports")] = "reports",
+    store: Annotated[str | None, typer.Option(help="a folder, s3://bucket/prefix, or block:<name> "
+                                                   "[default: ASR_OPTIMIZE_STORE or model_store]")] = None,
+    reports: Annotated[Path | None, typer.Option(help="folder for per-run reports [default: reports]")] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    bench_cases: Annotated[str, typer.Option(help="batch x seconds list, e.g. '1x1,1x5,4x5'")] = "1x1,1x5,4x5",
-    iterations: Annotated[int, typer.Option(help="timed iterations per benchmark case")] = 20,
+    options: Annotated[Path | None, typer.Option(help="YAML/JSON file with any stage options")] = None,
+    bench_cases: Annotated[str | None, typer.Option(help="batch x seconds list, e.g. '1x1,1x5,4x5'")] = None,
+    iterations: Annotated[int | None, typer.Option(help="timed iterations per benchmark case", min=1)] = None,
+    eval_set: Annotated[str | None, typer.Option(
+        "--eval-source", help="demo | longform | manifest path | hf:<dataset>[:<config>[:<split>]]")] = None,
+    triton_url: Annotated[str | None, typer.Option(help="Triton HTTP URL (default: start the bundled server)")] = None,
+    triton_repository: Annotated[Path | None, typer.Option(help="Triton model repository folder")] = None,
+    require_gpu: bool = False,
     require_tensorrt: bool = False,
 ) -> None:
     """Run the whole asr-optimize flow once."""
-    from asr_optimize.errors import AsrOptimizeError
-    from flows.asr_optimize import PipelineOptions, asr_optimize_flow
-    from tasks.benchmark import BenchmarkOptions
+    from tasks.benchmark import BenchCase
 
-    options = PipelineOptions(benchmark=BenchmarkOptions(cases=parse_cases(bench_cases), iterations=iterations))
+    overrides: dict[str, Any] = {}
+    if bench_cases is not None:
+        try:
+            overrides["benchmark.cases"] = [c.model_dump() for c in BenchCase.parse_list(bench_cases)]
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--bench-cases") from None
+    if iterations is not None:
+        overrides["benchmark.iterations"] = iterations
+    if eval_set is not None:
+        overrides["evaluate.source"] = eval_source(eval_set)
+    if triton_url is not None:
+        overrides["triton.url"] = triton_url
+    if triton_repository is not None:
+        overrides["triton.repository"] = str(triton_repository)
+    pipeline_options = build_options(options, overrides)
+
+    from flows.asr_optimize import StagesFailed, asr_optimize_flow
+
+    _exit_on_sigterm()
     try:
-        summary = asr_optimize_flow(model=model, revision=revision, store=store, reports_dir=reports,
-                                    device=device, require_tensorrt=require_tensorrt, options=options)
+        summary = asr_optimize_flow(model=model, revision=revision, store=store,
+                                    reports_dir=str(reports) if reports else None, device=device,
+                                    require_gpu=require_gpu, require_tensorrt=require_tensorrt,
+                                    options=pipeline_options)
+    except StagesFailed as exc:
+        raise _fail(EXIT_STAGE_FAILED, str(exc)) from exc
     except AsrOptimizeError as exc:
-        console.print(f"[bold red]asr-optimize failed:[/] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from exc
+    except TransientError as exc:
+        raise _fail(EXIT_TRANSIENT, f"{exc} (a transient fault that outlasted the retries; try again later)") from exc
     console.print(f"[bold green]done[/]: report in {summary.report_folder}")
     for stage, status in summary.stages.items():
-        console.print(f"  {stage:<10} {status}")
+        console.print(f"  {stage:<14} {status}")
 
 
 @app.command()
@@ -62,27 +139,31 @@ def bench(
     device: Annotated[str, typer.Option(help="cuda (the suite's purpose) or cpu")] = "cuda",
     model: Annotated[str | None, typer.Option(help="model to time; default: the replica architecture")] = None,
     cases: Annotated[str, typer.Option(help="batch x seconds list")] = "1x1,1x10,16x10,64x10",
-    iterations: int = 30,
-    store: str = "model_store",
+    iterations: Annotated[int, typer.Option(min=1)] = 30,
+    store: Annotated[str | None, typer.Option(help="model store [default: ASR_OPTIMIZE_STORE or model_store]")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default reports/bench-<time>)")] = None,
     only: Annotated[str, typer.Option(help="comma list: keep runners whose label contains one")] = "",
+    include_cpu: Annotated[bool, typer.Option(help="on CUDA, also time ONNX Runtime on the CPU (slow)")] = False,
     skip_accuracy: bool = False,
     prepare_only: Annotated[bool, typer.Option(help="only build/reuse the artifacts")] = False,
     compile: Annotated[bool, typer.Option(help="also time torch.compile + CUDA graphs (slow to build)")] = False,
 ) -> None:
     """GPU benchmark: eager fp32 baseline and every artifact, side by side, plus accuracy on the demo model."""
-    from asr_optimize.errors import AsrOptimizeError
-    from tasks.bench_suite import BenchSuiteOptions, run_suite
+    from flows.bench import BenchSuiteOptions, run_suite
+    from tasks.benchmark import BenchCase
 
     try:
+        parsed = BenchCase.parse_list(cases)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--cases") from None
+    try:
         summary = run_suite(BenchSuiteOptions(
-            model=model, device=device, cases=parse_cases(cases), iterations=iterations, store=store, out_dir=out,
-            only=[o for o in only.split(",") if o], skip_accuracy=skip_accuracy, prepare_only=prepare_only,
-            compile=compile,
+            model=model, device=device, cases=parsed, iterations=iterations, store=store or get_settings().store,
+            out_dir=out, only=[o for o in only.split(",") if o], include_cpu=include_cpu,
+            skip_accuracy=skip_accuracy, prepare_only=prepare_only, compile=compile,
         ))
     except AsrOptimizeError as exc:
-        console.print(f"[bold red]asr-optimize bench failed:[/] {exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from exc
     bench_md = Path(summary["out_dir"]) / "bench.md"
     console.print(bench_md.read_text() if bench_md.is_file() else summary)
 

@@ -33,6 +33,7 @@ from prefect import flow
 from pydantic import BaseModel
 
 from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.settings import get_settings
 from asr_optimize.store import ArtifactStore, production_pointer, slugify_model
 from tasks.common import get_logger
 
@@ -128,11 +129,11 @@ def check_upstream(
 
 
 @flow(name="watch-upstream", log_prints=True)
-def watch_upstream_flow(models: list[str] | None = None, store: str = "model_store") -> list[UpstreamCheck]:
+def watch_upstream_flow(models: list[str] | None = None, store: str | None = None) -> list[UpstreamCheck]:
     """Emit ``asr.model.updated`` for every watched hub model whose ``main`` moved since the last check."""
-    from asr_optimize.store_factory import open_store
+    from blocks.model_store import open_store
 
-    results = check_upstream(models or DEFAULT_WATCHED, open_store(store))
+    results = check_upstream(models or DEFAULT_WATCHED, open_store(store or get_settings().store))
     errors = [r for r in results if r.action == "error"]
     if errors:
         raise AsrOptimizeError("; ".join(f"{r.model}: {r.reason}" for r in errors))
@@ -142,7 +143,8 @@ def watch_upstream_flow(models: list[str] | None = None, store: str = "model_sto
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check watched hub models for new revisions (one flow run).")
     parser.add_argument("--model", action="append", dest="models", help="hub id to watch (repeatable)")
-    parser.add_argument("--store", default="model_store", help="model store: folder, s3://bucket/prefix or block:NAME")
+    parser.add_argument("--store", default=None, help="model store: folder, s3://bucket/prefix or block:NAME "
+                        "(default: ASR_OPTIMIZE_STORE or model_store)")
     args = parser.parse_args(argv)
     results = watch_upstream_flow(models=args.models or DEFAULT_WATCHED, store=args.store)
     print(json.dumps([r.model_dump() for r in results]))

@@ -14,62 +14,58 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from prefect import task
 from pydantic import BaseModel, Field
 from rich.progress import Progress
 
 from asr_optimize.audio import make_batch, synthetic_audio
-from asr_optimize.capabilities import Capabilities
-from asr_optimize.model_source import ResolvedModel
 from asr_optimize.runners.base import Runner, RunnerUnavailable
-from tasks.common import StageResult, get_logger
-
-BASELINE = "pytorch-cpu-fp32"
+from asr_optimize.runners.registry import RunnerSpec, baseline_label, build_runner
+from tasks.common import StageResult, get_logger, stage_task
 
 
 class BenchCase(BaseModel):
-    batch: int
-    seconds: float
+    """One batch shape: ``batch`` utterances of ``seconds`` of audio each."""
+
+    batch: int = Field(ge=1)
+    seconds: float = Field(gt=0, le=3600)
 
     @property
     def label(self) -> str:
         return f"{self.batch}x{self.seconds:g}s"
 
+    @classmethod
+    def parse_list(cls, text: str) -> list[BenchCase]:
+        """``'1x1,16x10'`` -> two cases; raises ``ValueError`` naming the bad item."""
+        cases = []
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            batch, sep, seconds = item.lower().rstrip("s").partition("x")
+            try:
+                if not sep:
+                    raise ValueError("missing 'x'")
+                cases.append(cls(batch=int(batch), seconds=float(seconds)))
+            except ValueError as exc:
+                raise ValueError(f"benchmark case {item!r}: expected BATCHxSECONDS with batch >= 1 and "
+                                 f"seconds > 0, such as 16x10 ({exc})") from None
+        if not cases:
+            raise ValueError(f"no benchmark case in {text!r}: expected a list such as 1x1,16x10")
+        return cases
+
 
 class BenchmarkOptions(BaseModel):
     cases: list[BenchCase] = Field(default_factory=lambda: [
-        BenchCase(batch=1, seconds=1), BenchCase(batch=1, seconds=5), BenchCase(batch=4, seconds=5)])
-    warmup: int = 3
-    iterations: int = 20
-    max_seconds_per_case: float = 30.0
+        BenchCase(batch=1, seconds=1), BenchCase(batch=1, seconds=5), BenchCase(batch=4, seconds=5)], min_length=1)
+    warmup: int = Field(3, ge=0)
+    iterations: int = Field(20, ge=1)
+    max_seconds_per_case: float = Field(30.0, gt=0)
 
 
-class RunnerSpec(BaseModel):
-    """How to build a runner; built lazily inside the benchmark so failures are recorded, not fatal."""
+class BenchmarkTable(BaseModel):
+    """The benchmark's rows (one per runner and case), kept as records so the result serializes for Prefect."""
 
-    label: str
-    kind: str  # pytorch | onnxruntime | tensorrt | triton
-    path: Path
-    device: str = "cpu"
-    precision: str = "fp32"
-    options: dict[str, Any] = Field(default_factory=dict)
+    rows: list[dict[str, Any]] = Field(default_factory=list)
 
-
-def build_runner(spec: RunnerSpec) -> Runner:
-    """Instantiate the runner a spec describes (imports only what that backend needs)."""
-    if spec.kind == "pytorch":
-        from asr_optimize.runners.torch_runner import TorchRunner
-
-        return TorchRunner(spec.path, device=spec.device, precision=spec.precision, **spec.options)
-    if spec.kind == "onnxruntime":
-        from asr_optimize.runners.ort_runner import OrtRunner
-
-        return OrtRunner(spec.path, provider=spec.device, precision=spec.precision, **spec.options)
-    if spec.kind == "tensorrt":
-        from asr_optimize.runners.tensorrt_runner import TensorRTRunner
-
-        return TensorRTRunner(spec.path, **spec.options)
-    raise RunnerUnavailable(f"unknown runner kind {spec.kind!r}")
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
 
 
 def time_runner(runner: Runner, case: BenchCase, opts: BenchmarkOptions) -> dict[str, Any]:
@@ -100,6 +96,7 @@ def run_benchmarks(specs: list[RunnerSpec], opts: BenchmarkOptions,
                    on_runner: Callable[[str, str], None] | None = None) -> pd.DataFrame:
     """Benchmark each spec on each case; a runner that cannot run here gets a 'skipped' row saying why."""
     log = get_logger()
+    baseline = find_baseline(specs)
     rows: list[dict[str, Any]] = []
     with Progress(transient=True) as progress:
         bar = progress.add_task("benchmark", total=len(specs) * len(opts.cases))
@@ -123,12 +120,21 @@ def run_benchmarks(specs: list[RunnerSpec], opts: BenchmarkOptions,
                 rows.append(row)
                 progress.advance(bar)
                 if row["status"] == "ok":
-                    log.info("benchmark: %-28s %-8s p50 %8.2f ms  p99 %8.2f ms  %8.1f x real time",
+                    log.info("benchmark: %-38s %-8s p50 %8.2f ms  p99 %8.2f ms  %8.1f x real time",
                              spec.label, case.label, row["p50_ms"], row["p99_ms"], row["x_real_time"])
             runner.close()
             if on_runner:
                 on_runner(spec.label, "done")
-    return add_baseline_ratios(pd.DataFrame(rows), specs[0].label if specs else BASELINE)
+    return add_baseline_ratios(pd.DataFrame(rows), baseline)
+
+
+def find_baseline(specs: list[RunnerSpec]) -> str:
+    """The Hugging Face eager fp32 runner among ``specs`` (every ratio is against it), by name."""
+    for spec in specs:
+        if spec.label == baseline_label(spec.device):
+            return spec.label
+    raise ValueError("the benchmark needs the PyTorch eager fp32 baseline among its runners "
+                     f"(got {[s.label for s in specs]})")
 
 
 def add_baseline_ratios(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -143,45 +149,21 @@ def add_baseline_ratios(table: pd.DataFrame, baseline: str) -> pd.DataFrame:
     return table
 
 
-def pipeline_runner_specs(model: ResolvedModel, export: StageResult, optimized: StageResult, engines: StageResult,
-                          caps: Capabilities, device: str) -> list[RunnerSpec]:
-    """Every backend this machine can run for the pipeline's artifacts, baseline (PyTorch eager fp32) first."""
-    from tasks.optimize import FP16_NAME, FP32_NAME
-    from tasks.tensorrt_build import engine_runner_specs
-
-    gpu = device == "cuda"
-    specs = [RunnerSpec(label=f"pytorch:eager:fp32@{device}", kind="pytorch", path=model.local_dir, device=device)]
-    if gpu:
-        specs += [
-            RunnerSpec(label="pytorch:eager:fp16@cuda", kind="pytorch", path=model.local_dir, device="cuda",
-                       precision="fp16"),
-            RunnerSpec(label="pytorch:fast+graphs:fp16@cuda", kind="pytorch", path=model.local_dir, device="cuda",
-                       precision="fp16", options={"fast": True}),
-        ]
-    for provider in [p for p in caps.ort_providers if p != "tensorrt"] if gpu else ["cpu"]:
-        if export.artifact_dir:
-            specs.append(RunnerSpec(label=f"onnxruntime:exported:fp32@{provider}", kind="onnxruntime",
-                                    path=export.file("model.onnx"), device=provider))
-        if not optimized.artifact_dir:
-            continue
-        specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp32@{provider}", kind="onnxruntime",
-                                path=optimized.file(FP32_NAME), device=provider))
-        if optimized.file(FP16_NAME).is_file():
-            specs.append(RunnerSpec(label=f"onnxruntime:optimized:fp16@{provider}", kind="onnxruntime",
-                                    path=optimized.file(FP16_NAME), device=provider, precision="fp16"))
-            if provider == "cuda":
-                specs.append(RunnerSpec(label="onnxruntime:optimized+graphs:fp16@cuda", kind="onnxruntime",
-                                        path=optimized.file(FP16_NAME), device="cuda", precision="fp16",
-                                        options={"cuda_graph": True}))
-    if gpu and engines.status in ("ok", "cached"):
-        specs += engine_runner_specs(engines)
-    return specs
-
-
-@task(name="benchmark", tags=["benchmark"])
-def benchmark_task(specs: list[RunnerSpec], opts: BenchmarkOptions, out_dir: Path) -> pd.DataFrame:
-    """Benchmark every runner spec; writes ``benchmarks.csv`` into the run's report folder."""
+def benchmark_stage(specs: list[RunnerSpec], opts: BenchmarkOptions, out_dir: Path) -> StageResult[BenchmarkTable]:
+    """Benchmark every runner spec (baseline included); writes ``benchmarks.csv`` into the run's report folder."""
+    start = time.perf_counter()
     table = run_benchmarks(specs, opts)
     out_dir.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_dir / "benchmarks.csv", index=False)
-    return table
+    statuses = table["status"].value_counts().to_dict() if not table.empty else {}
+    measured = int(statuses.get("ok", 0))
+    return StageResult(
+        stage="benchmark", status="ok" if measured else "failed",
+        reason=None if measured else "no runner could be timed", artifact_dir=out_dir,
+        location=str(out_dir / "benchmarks.csv"), seconds=round(time.perf_counter() - start, 3),
+        metrics={"runners": len(specs), "cases": len(opts.cases), **{f"rows_{k}": int(v) for k, v in statuses.items()}},
+        output=BenchmarkTable(rows=table.to_dict(orient="records")),
+    )
+
+
+benchmark_task = stage_task(benchmark_stage, name="benchmark", tags=["benchmark"])

@@ -1,33 +1,41 @@
-"""What every stage shares: results with an honest status, logging, retries, and store-backed caching.
+"""The stage contract every stage follows: a plain function that returns a ``StageResult``, cached through the store.
 
-Caching: a stage's key hashes its parameters, the hashes of its inputs, the model revision and the source
-code of the stage module. If the store already holds a complete artifact under that key, the stage is not
-run again and the log says so. Because the store can be S3, a rerun on another worker reuses it too.
+- **Plain first.** A stage is an ordinary function ``(inputs, options) -> StageResult`` that works without a Prefect
+  server (the benchmark suite and the tests call them directly).
+- **Caching lives in the store.** ``run_cached_stage`` keys an artifact by its parameters, the hashes of its inputs,
+  the model revision and the code that builds it (the stage module plus the runtime package), and returns the stored
+  artifact when one is complete. Because the store can be S3, a rerun on another worker reuses it too.
+- **One factory makes the Prefect task.** ``stage_task(fn, name=..., tags=..., retries=...)`` wraps a stage function
+  with retries on transient faults only, tags (``gpu`` for GPU stages, added per run by ``on_device``) and an optional
+  publisher of Prefect artifacts; no wrapper repeats a signature.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
+import asr_optimize
 from asr_optimize.errors import TransientError
 from asr_optimize.hashing import stable_hash
 from asr_optimize.model_source import ResolvedModel
 from asr_optimize.store import ArtifactRef, ArtifactStore, Manifest, runtime_environment
 
 Status = Literal["ok", "cached", "skipped", "failed"]
+T = TypeVar("T")
 
 
-class StageResult(BaseModel):
-    """The outcome of one stage, as the report and the Prefect UI show it."""
+class StageResult(BaseModel, Generic[T]):
+    """The outcome of one stage, as the report and the Prefect UI show it; ``output`` carries its typed result."""
 
     stage: str
     status: Status
@@ -37,11 +45,17 @@ class StageResult(BaseModel):
     key: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
     seconds: float = 0.0
+    output: T | None = None
 
     def file(self, name: str) -> Path:
         if self.artifact_dir is None:
             raise FileNotFoundError(f"stage {self.stage} produced no artifact ({self.status}: {self.reason})")
         return self.artifact_dir / name
+
+    @property
+    def usable(self) -> bool:
+        """Built now or reused from the store: its artifact can be read."""
+        return self.status in ("ok", "cached")
 
 
 def get_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -61,6 +75,13 @@ def get_logger() -> logging.Logger | logging.LoggerAdapter:
         return logger
 
 
+def in_prefect_run() -> bool:
+    """True inside a Prefect flow or task run, where artifacts can be attached to the run's page in the UI."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return FlowRunContext.get() is not None or TaskRunContext.get() is not None
+
+
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: retry network blips and endpoints that are briefly down, nothing else."""
     try:
@@ -72,10 +93,23 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-def module_source_hash(func: Callable[..., Any]) -> str:
-    """Hash of the source of the module defining ``func``: editing a stage invalidates its cache."""
+@functools.lru_cache(maxsize=1)
+def runtime_source_hash() -> str:
+    """Hash of the runtime package's Python source (bundled assets excluded): a runner or parity edit invalidates."""
+    root = Path(asr_optimize.__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        if "assets" not in path.relative_to(root).parts:
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def code_hash(func: Callable[..., Any]) -> str:
+    """What a stage's artifact depends on in code: its own module's source plus the whole runtime package."""
     module = sys.modules[func.__module__]
-    return hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
+    own = hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
+    return f"{own}-{runtime_source_hash()}"
 
 
 def run_cached_stage(
@@ -93,8 +127,7 @@ def run_cached_stage(
     """
     log = get_logger()
     key = stable_hash(
-        {"stage": stage, "params": params, "inputs": inputs, "revision": model.revision,
-         "code": module_source_hash(build)}
+        {"stage": stage, "params": params, "inputs": inputs, "revision": model.revision, "code": code_hash(build)}
     )
     ref = ArtifactRef(model_slug=model.slug, revision=model.revision, stage=stage, key=key)
     if use_cache and (found := store.get(ref)) is not None:
@@ -115,7 +148,47 @@ def run_cached_stage(
                        metrics=metrics, seconds=seconds)
 
 
-def skipped(stage: str, reason: str) -> StageResult:
+def skipped(stage: str, reason: str, **output: Any) -> StageResult:
     """A stage that could not run here, with the reason logged (shown in logs, report and UI)."""
     get_logger().warning("%s: skipped: %s", stage, reason)
-    return StageResult(stage=stage, status="skipped", reason=reason)
+    return StageResult(stage=stage, status="skipped", reason=reason, **output)
+
+
+def timed(stage: str, fn: Callable[[], T]) -> tuple[T, float]:
+    """``fn()`` and how long it took, for stages that are not cached (benchmark, evaluate, deploy)."""
+    start = time.perf_counter()
+    value = fn()
+    return value, round(time.perf_counter() - start, 3)
+
+
+def stage_task(
+    fn: Callable[..., StageResult],
+    *,
+    name: str,
+    tags: Iterable[str] = (),
+    retries: int = 0,
+    retry_delay_seconds: int | list[int] = 10,
+    publish: Callable[[StageResult], None] | None = None,
+) -> Any:
+    """The Prefect task for stage function ``fn``: same signature, retries only on ``TransientError``.
+
+    Prefect's own result cache is off (``NO_CACHE``): the store is the cache, keyed by content, shared by workers.
+    ``publish(result)`` creates the stage's Prefect artifacts (tables, markdown) inside the task run.
+    """
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> StageResult:
+        result = fn(*args, **kwargs)
+        if publish is not None:
+            publish(result)
+        return result
+
+    return task(run, name=name, tags=set(tags), retries=retries, retry_delay_seconds=retry_delay_seconds,
+                retry_condition_fn=retry_on_transient if retries else None, cache_policy=NO_CACHE)
+
+
+def on_device(stage: Any, device: str) -> Any:
+    """The task with the ``gpu`` tag when it runs on CUDA: the ``gpu`` concurrency limit then serialises GPU work."""
+    return stage.with_options(tags={*stage.tags, "gpu"}) if device == "cuda" else stage

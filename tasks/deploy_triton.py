@@ -14,16 +14,33 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prefect import task
-from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, Field
 
+from asr_optimize.capabilities import Capabilities
+from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.model_source import ResolvedModel
+from asr_optimize.settings import get_settings
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.health import health_check as run_health_check
 from asr_optimize.triton.hotswap import CanarySet, SwapDecision, SwapOptions, hot_swap
-from tasks.common import StageResult, get_logger, retry_on_transient
+from tasks.common import StageResult, get_logger, in_prefect_run, skipped, stage_task
+from tasks.promote import PromotionDecision
 
 STAGE = "deploy-triton"
 HEALTH_STAGE = "triton-health"
+
+
+class TritonOptions(BaseModel):
+    """Where the promoted artifact is served. No URL: the bundled tritonserver is started on loopback."""
+
+    enabled: bool = True
+    url: str | None = Field(default_factory=lambda: get_settings().triton_url)
+    repository: Path = Field(default_factory=lambda: get_settings().triton_repository)
+    target_block: str | None = None
+    """Name of a saved ``asr-optimize triton target`` block; its URL, repository and model names win."""
+    swap: SwapOptions = Field(default_factory=SwapOptions)
+    canary_utterances: int = Field(16, ge=1)
+    health_requests: int = Field(20, ge=1)
 
 
 def models_in_repository(root: Path) -> list[str]:
@@ -95,6 +112,7 @@ def deploy(
             **{f"{k}_s": v for k, v in decision.timings.items()},
         },
         seconds=round(sum(decision.timings.values()), 3),
+        output=decision,
     )
     return result, decision
 
@@ -115,37 +133,59 @@ def health_check(
     return result, report
 
 
+def deploy_stage(promotion: StageResult[PromotionDecision], eval_set: Any, model: ResolvedModel, caps: Capabilities,
+                 opts: TritonOptions) -> StageResult:
+    """Hot-swap the promoted artifact into Triton (canary, rollback) and health-check it, or say why not.
+
+    Status ``ok`` only when the swap promoted the new version AND the health check passed; a failure is a
+    ``failed`` result with the reason (the run still writes its report, and the production pointer stays).
+    """
+    decision = promotion.output
+    if not opts.enabled:
+        return skipped(STAGE, "disabled (options.triton.enabled = false)")
+    if decision is None or not decision.promoted or not decision.artifact:
+        return skipped(STAGE, f"nothing to deploy: {decision.reason if decision else promotion.reason}")
+    if opts.url is None and not caps.tritonserver:
+        return skipped(STAGE, "no Triton URL configured and no tritonserver binary found "
+                              "(pip install --no-deps nvidia-pytriton==0.7.0)")
+    if opts.url is None and not decision.artifact.endswith(".onnx"):
+        return skipped(STAGE, "the bundled tritonserver serves only ONNX through its python backend; "
+                              f"{decision.artifact} needs a Triton URL (NGC image)")
+    repository = Path(opts.repository).resolve()
+    try:
+        canary = canary_from_eval_set(eval_set, model.local_dir, limit=opts.canary_utterances)
+        with triton_endpoint(opts.url, repository) as url:
+            result, _ = deploy(Path(decision.artifact), model.local_dir, repository, url, canary, opts.swap,
+                               source=decision.candidate or "")
+            publish_deploy_artifact(result)
+            if result.status == "ok":
+                health, report = health_check(url, repository, canary.waves, model_name=opts.swap.model_name,
+                                              pipeline_name=opts.swap.pipeline_name, n_requests=opts.health_requests)
+                _markdown_artifact("triton-health", report.markdown(), report.summary())
+                result.metrics.update(health=health.status, health_p50_ms=health.metrics.get("latency_p50_ms"),
+                                      health_p99_ms=health.metrics.get("latency_p99_ms"))
+                if health.status != "ok":
+                    result.status, result.reason = "failed", f"health check failed: {health.reason}"
+    except (AsrOptimizeError, OSError) as exc:  # TransientError propagates: the task retries it
+        get_logger().error("%s: %s: %s", STAGE, type(exc).__name__, exc)
+        return StageResult(stage=STAGE, status="failed", reason=f"{type(exc).__name__}: {exc}",
+                           location=opts.url or str(repository))
+    return result
+
+
+def publish_deploy_artifact(result: StageResult) -> None:
+    """The swap decision and its evidence as the 'triton-deploy' markdown artifact (inside a Prefect run only)."""
+    decision = result.output
+    if isinstance(decision, SwapDecision):
+        _markdown_artifact("triton-deploy", decision.markdown(), decision.summary())
+
+
 def _markdown_artifact(key: str, markdown: str, description: str) -> None:
     from prefect.artifacts import create_markdown_artifact
 
+    if not in_prefect_run():
+        return  # called outside a flow/task run (tests, the bench suite): nothing to attach it to
     create_markdown_artifact(key=key, markdown=markdown, description=description)
 
 
-@task(name="deploy-triton", retries=2, retry_delay_seconds=10, retry_condition_fn=retry_on_transient,
-      cache_policy=NO_CACHE)
-def deploy_task(
-    artifact: Path,
-    model_dir: Path,
-    repository: Path,
-    url: str,
-    canary: CanarySet,
-    opts: SwapOptions | None = None,
-    source: str = "",
-    artifact_manifest: dict[str, Any] | None = None,
-) -> StageResult:
-    """Hot-swap with canary and rollback; the decision and its evidence become the 'triton-deploy' artifact."""
-    result, decision = deploy(artifact, model_dir, repository, url, canary, opts, source, artifact_manifest)
-    _markdown_artifact("triton-deploy", decision.markdown(), decision.summary())
-    return result
-
-
-@task(name="triton-health", retries=1, retry_delay_seconds=5, retry_condition_fn=retry_on_transient,
-      cache_policy=NO_CACHE)
-def health_check_task(
-    url: str, repository: Path, audio: list[np.ndarray], model_name: str = repo_mod.DEFAULT_MODEL_NAME,
-    pipeline_name: str = repo_mod.DEFAULT_PIPELINE_NAME, n_requests: int = 20, max_p99_ms: float | None = None,
-) -> StageResult:
-    """Health check of the serving version; the report becomes the 'triton-health' artifact."""
-    result, report = health_check(url, repository, audio, model_name, pipeline_name, n_requests, max_p99_ms)
-    _markdown_artifact("triton-health", report.markdown(), report.summary())
-    return result
+deploy_task = stage_task(deploy_stage, name="deploy-triton", retries=2)

@@ -7,25 +7,27 @@ says, per backend, whether it may ship and, if not, by how much it missed.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from asr_optimize.eval_data import EvalSet, EvalSource, load_eval_set
 from asr_optimize.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.metrics import max_abs_logit_diff, transcript_parity, utterance_table, wer_cer
 from asr_optimize.runners.base import RunnerUnavailable, transcribe
-from tasks.benchmark import RunnerSpec, build_runner
-from tasks.common import get_logger
+from asr_optimize.runners.registry import RunnerSpec, build_runner
+from tasks.common import StageResult, get_logger, retry_on_transient, stage_task
 
 
 class EvaluateOptions(BaseModel):
     source: EvalSource = Field(default_factory=lambda: EvalSource(kind="demo"))
-    batch_size: int = 8
+    batch_size: int = Field(8, ge=1)
     normalization: str = "vistaar"
     gate: GateThresholds = Field(default_factory=GateThresholds)
 
@@ -119,8 +121,7 @@ def evaluate_backends(specs: list[RunnerSpec], eval_set: EvalSet, model_dir: Pat
     )
 
 
-@task(name="load-eval-set", retries=2, retry_delay_seconds=10)
-def load_eval_task(source: EvalSource) -> EvalSet:
+def load_eval_stage(source: EvalSource) -> EvalSet:
     """Load the evaluation speech once (demo set, manifest or HF dataset); bad rows are counted and skipped."""
     eval_set = load_eval_set(source, progress=True)
     get_logger().info("evaluate: %s", eval_set.summary())
@@ -129,8 +130,20 @@ def load_eval_task(source: EvalSource) -> EvalSet:
     return eval_set
 
 
-@task(name="evaluate", tags=["evaluate"])
-def evaluate_task(specs: list[RunnerSpec], eval_set: EvalSet, model_dir: Path, opts: EvaluateOptions,
-                  out_dir: Path) -> EvaluationResult:
-    """Score every backend on ``eval_set`` and gate them; per-utterance CSV in ``out_dir``."""
-    return evaluate_backends(specs, eval_set, model_dir, opts, out_dir)
+def evaluate_stage(specs: list[RunnerSpec], eval_set: EvalSet, model_dir: Path, opts: EvaluateOptions,
+                   out_dir: Path) -> StageResult[EvaluationResult]:
+    """Score every backend on ``eval_set`` and gate them; per-utterance ``transcripts.csv`` in ``out_dir``."""
+    start = time.perf_counter()
+    evaluation = evaluate_backends(specs, eval_set, model_dir, opts, out_dir)
+    passing = evaluation.passing()
+    return StageResult(
+        stage="evaluate", status="ok", artifact_dir=out_dir, location=str(out_dir / "transcripts.csv"),
+        seconds=round(time.perf_counter() - start, 3), output=evaluation,
+        metrics={"reference": evaluation.reference, "backends": len(evaluation.backends), "passed_gate": passing,
+                 "utterances": evaluation.eval_set.get("utterances"), "bad_rows": len(evaluation.bad_rows)},
+    )
+
+
+load_eval_task = task(load_eval_stage, name="load-eval-set", retries=2, retry_delay_seconds=10,
+                      retry_condition_fn=retry_on_transient, cache_policy=NO_CACHE)
+evaluate_task = stage_task(evaluate_stage, name="evaluate", tags=["evaluate"])

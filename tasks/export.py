@@ -15,45 +15,28 @@ from typing import Any
 
 import numpy as np
 import onnx
-from prefect import task
 from pydantic import BaseModel
 
 from asr_optimize.errors import ParityError
 from asr_optimize.hashing import hash_waves
+from asr_optimize.io_spec import ONNX_EXTERNAL_DATA_NAME, ONNX_NAME, PROTOBUF_LIMIT, WAV2VEC2_CTC, ModelIOSpec
 from asr_optimize.model_source import ResolvedModel, load_model
 from asr_optimize.parity import check_parity
 from asr_optimize.runners.ort_runner import OrtRunner
+from asr_optimize.runners.torch_fast import fold_weight_norm
 from asr_optimize.runners.torch_runner import TorchRunner
 from asr_optimize.store import ArtifactStore
-from tasks.common import StageResult, get_logger, retry_on_transient, run_cached_stage
+from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 
-ONNX_NAME = "model.onnx"
-EXTERNAL_DATA_NAME = "model.onnx.data"
-PROTOBUF_LIMIT = 2_000_000_000
+__all__ = ["ONNX_NAME", "ExportOptions", "export_onnx", "export_stage", "export_task"]
 
 
 class ExportOptions(BaseModel):
-    opset: int = 17  # >= 17 keeps LayerNormalization as one node
+    opset: int = WAV2VEC2_CTC.opset
     with_attention_mask: bool = True
     fold_weight_norm: bool = True
     attn_implementation: str = "eager"  # exports the attention pattern ORT can fuse (see module docstring)
-    parity_atol: float = 1e-3
-
-
-def fold_weight_norm(model: Any) -> int:
-    """Replace weight-normed convolutions by plain weights (value unchanged). Returns how many were folded."""
-    import torch
-    from torch.nn.utils import parametrize
-
-    folded = 0
-    for module in model.modules():
-        if parametrize.is_parametrized(module, "weight"):
-            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-            folded += 1
-        elif hasattr(module, "weight_g") and hasattr(module, "weight_v"):
-            torch.nn.utils.remove_weight_norm(module)
-            folded += 1
-    return folded
+    parity_atol: float = WAV2VEC2_CTC.fp32_atol
 
 
 def logits_module(model: Any, with_mask: bool) -> Any:
@@ -75,23 +58,23 @@ def logits_module(model: Any, with_mask: bool) -> Any:
     return (WithMask() if with_mask else WithoutMask()).eval()
 
 
-def export_onnx(model_dir: Path, out_dir: Path, opts: ExportOptions, parity_waves: list[np.ndarray]) -> dict[str, Any]:
+def export_onnx(model_dir: Path, out_dir: Path, opts: ExportOptions, parity_waves: list[np.ndarray],
+                spec: ModelIOSpec = WAV2VEC2_CTC) -> dict[str, Any]:
     """Export ``model_dir`` to ``out_dir/model.onnx``; validate with onnx.checker and parity vs PyTorch."""
     import torch
 
     model = load_model(model_dir, attn_implementation=opts.attn_implementation)
     folded = fold_weight_norm(model) if opts.fold_weight_norm else 0
     wrapper = logits_module(model, opts.with_attention_mask)
-    samples = 16_000
+    samples = spec.sample_rate  # one second; both axes are dynamic
     dummy = (torch.randn(2, samples), torch.ones(2, samples, dtype=torch.int64))
-    names = ["input_values", "attention_mask"] if opts.with_attention_mask else ["input_values"]
-    axes = {name: {0: "batch", 1: "samples"} for name in names}
-    axes["logits"] = {0: "batch", 1: "frames"}
+    names = spec.input_names(opts.with_attention_mask)
     onnx_path = out_dir / ONNX_NAME
     with torch.inference_mode():
         torch.onnx.export(
-            wrapper, dummy[: len(names)], str(onnx_path), input_names=names, output_names=["logits"],
-            dynamic_axes=axes, opset_version=opts.opset, do_constant_folding=True, dynamo=False,
+            wrapper, dummy[: len(names)], str(onnx_path), input_names=names, output_names=[spec.output],
+            dynamic_axes=spec.dynamic_axes(opts.with_attention_mask), opset_version=opts.opset,
+            do_constant_folding=True, dynamo=False,
         )
     external = _consolidate_external_data(onnx_path)
     onnx.checker.check_model(str(onnx_path), full_check=False)
@@ -125,15 +108,13 @@ def _consolidate_external_data(onnx_path: Path) -> bool:
     for path in stray:
         path.unlink()
     onnx.save_model(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=EXTERNAL_DATA_NAME, size_threshold=1024)
+                    location=ONNX_EXTERNAL_DATA_NAME, size_threshold=1024)
     return True
 
 
-@task(name="export-onnx", retries=1, retry_condition_fn=retry_on_transient)
-def export_task(
-    store: ArtifactStore, model: ResolvedModel, opts: ExportOptions, parity_waves: list[np.ndarray]
-) -> StageResult:
-    """Export + parity; cached per model revision and options."""
+def export_stage(store: ArtifactStore, model: ResolvedModel, opts: ExportOptions,
+                 parity_waves: list[np.ndarray]) -> StageResult:
+    """Export + parity; cached per model revision, options and parity audio."""
     result = run_cached_stage(
         store, model, "export", opts.model_dump(), {"model": model.revision, "parity_audio": hash_waves(parity_waves)},
         lambda out: export_onnx(model.local_dir, out, opts, parity_waves),
@@ -142,3 +123,6 @@ def export_task(
     get_logger().info("export: parity max |logit diff| %.2e, identical transcripts %.0f%%",
                       parity["max_abs_logit_diff"], 100 * parity["identical_transcripts"])
     return result
+
+
+export_task = stage_task(export_stage, name="export-onnx", retries=1)

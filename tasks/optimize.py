@@ -6,22 +6,22 @@ reported, and the promotion gate (evaluate stage) decides what may ship.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
-from prefect import task
 from pydantic import BaseModel
 
 from asr_optimize.hashing import hash_waves
+from asr_optimize.io_spec import ONNX_NAME, WAV2VEC2_CTC
 from asr_optimize.model_source import ResolvedModel, read_config
+from asr_optimize.onnx_files import op_counts, save_onnx, size_mb
 from asr_optimize.parity import check_parity
 from asr_optimize.runners.ort_runner import OrtRunner
 from asr_optimize.runners.torch_runner import TorchRunner
 from asr_optimize.store import ArtifactStore
-from tasks.common import StageResult, get_logger, retry_on_transient, run_cached_stage
+from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 
 SIMPLIFIED_NAME = "model.sim.onnx"
 FP32_NAME = "model.opt.onnx"
@@ -34,26 +34,8 @@ class OptimizeOptions(BaseModel):
     fp16: bool = True
     # False: ORT's packed-QKV ``Attention`` op; True: ``MultiHeadAttention`` (separate Q/K/V inputs)
     use_multi_head_attention: bool = False
-    fp32_parity_atol: float = 1e-3
-    # fp16 logits differ by rounding; transcripts are what the gate judges
-    fp16_parity_atol: float = 0.5
-
-
-def op_counts(path: Path) -> dict[str, int]:
-    """Node count per operator type."""
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return dict(Counter(node.op_type for node in graph.node).most_common())
-
-
-def _size_mb(path: Path) -> float:
-    data = path.with_name(path.name + ".data")
-    return round((path.stat().st_size + (data.stat().st_size if data.exists() else 0)) / 2**20, 2)
-
-
-def _save(model: onnx.ModelProto, path: Path) -> None:
-    large = model.ByteSize() > 1_900_000_000
-    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
-                    location=path.name + ".data")
+    fp32_parity_atol: float = WAV2VEC2_CTC.fp32_atol
+    fp16_parity_atol: float = WAV2VEC2_CTC.fp16_atol  # fp16 logits differ by rounding; the gate judges transcripts
 
 
 def cast_bool_tiles(model: onnx.ModelProto) -> int:
@@ -115,11 +97,11 @@ def optimize_onnx(
     from onnxruntime.transformers.optimizer import optimize_model
 
     config = read_config(model_dir)
-    metrics: dict[str, Any] = {"before": {"nodes": sum(op_counts(onnx_path).values()), "size_mb": _size_mb(onnx_path)}}
+    metrics: dict[str, Any] = {"before": {"nodes": sum(op_counts(onnx_path).values()), "size_mb": size_mb(onnx_path)}}
     simplified, metrics["onnxsim"] = simplify_onnx(onnx.load(str(onnx_path))) if opts.simplify else (None, "disabled")
     variants: dict[str, tuple[Path, float]] = {}
     if simplified is not None:
-        _save(simplified, out_dir / SIMPLIFIED_NAME)
+        save_onnx(simplified, out_dir / SIMPLIFIED_NAME)
         variants["simplified"] = (out_dir / SIMPLIFIED_NAME, opts.fp32_parity_atol)
         del simplified
 
@@ -127,7 +109,7 @@ def optimize_onnx(
     base = onnx.load(str(onnx_path))
     metrics["bool_tiles_cast"] = cast_bool_tiles(base)
     prepared = out_dir / "model.prepared.onnx"
-    _save(base, prepared)
+    save_onnx(base, prepared)
     del base
     fused: dict[str, int] = {}
     if opts.transformer_fusions:
@@ -148,12 +130,12 @@ def optimize_onnx(
         metrics["onnxsim_after_fusion"] = outcome
     optimized = OnnxModel(model)
     fp32_path = out_dir / FP32_NAME
-    _save(optimized.model, fp32_path)
+    save_onnx(optimized.model, fp32_path)
     metrics["fused_operators"] = fused
     variants["fp32"] = (fp32_path, opts.fp32_parity_atol)
     if opts.fp16:
         optimized.convert_float_to_float16(keep_io_types=True)
-        _save(optimized.model, out_dir / FP16_NAME)
+        save_onnx(optimized.model, out_dir / FP16_NAME)
         variants["fp16"] = (out_dir / FP16_NAME, opts.fp16_parity_atol)
 
     reference = TorchRunner(model_dir)
@@ -161,23 +143,20 @@ def optimize_onnx(
         runner = OrtRunner(path, "cpu", precision="fp16" if name == "fp16" else "fp32")
         parity = check_parity(reference, runner, parity_waves, model_dir, atol=atol)
         metrics[name] = {
-            "file": path.name, "nodes": sum(op_counts(path).values()), "size_mb": _size_mb(path),
+            "file": path.name, "nodes": sum(op_counts(path).values()), "size_mb": size_mb(path),
             "op_counts": op_counts(path), "parity": parity.model_dump(),
         }
         runner.close()
     return metrics
 
 
-@task(name="optimize-onnx", retries=1, retry_condition_fn=retry_on_transient)
-def optimize_task(
-    store: ArtifactStore, model: ResolvedModel, export: StageResult, opts: OptimizeOptions,
-    parity_waves: list[np.ndarray],
-) -> StageResult:
-    """Optimize the exported graph; cached per export artifact and options."""
+def optimize_stage(store: ArtifactStore, model: ResolvedModel, export: StageResult, opts: OptimizeOptions,
+                   parity_waves: list[np.ndarray]) -> StageResult:
+    """Optimize the exported graph; cached per export artifact, options and parity audio."""
     result = run_cached_stage(
         store, model, "optimize", opts.model_dump(),
         {"export": export.key or "", "parity_audio": hash_waves(parity_waves)},
-        lambda out: optimize_onnx(export.file("model.onnx"), model.local_dir, out, opts, parity_waves),
+        lambda out: optimize_onnx(export.file(ONNX_NAME), model.local_dir, out, opts, parity_waves),
     )
     log = get_logger()
     m = result.metrics
@@ -189,3 +168,6 @@ def optimize_task(
             log.info("optimize: %s parity max |logit diff| %.3g, identical transcripts %.0f%%",
                      precision, p["max_abs_logit_diff"], 100 * p["identical_transcripts"])
     return result
+
+
+optimize_task = stage_task(optimize_stage, name="optimize-onnx", retries=1)

@@ -6,13 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from prefect import task
 from pydantic import BaseModel
 
 from asr_optimize.audio import make_batch, synthetic_audio
 from asr_optimize.model_source import ResolvedModel, load_model
 from asr_optimize.store import ArtifactStore
-from tasks.common import StageResult, get_logger, retry_on_transient, run_cached_stage
+from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 
 
 class ProfileOptions(BaseModel):
@@ -71,8 +70,7 @@ def profile_model(model_dir: Path, out_dir: Path, opts: ProfileOptions) -> dict[
             "top_operator": str(top["operator"]), "top_share": round(float(top["share"]), 4)}
 
 
-@task(name="profile", retries=1, retry_condition_fn=retry_on_transient)
-def profile_task(store: ArtifactStore, model: ResolvedModel, opts: ProfileOptions) -> StageResult:
+def profile_stage(store: ArtifactStore, model: ResolvedModel, opts: ProfileOptions) -> StageResult:
     """Profile the PyTorch reference; cached per model revision and options."""
     result = run_cached_stage(
         store, model, "profile", opts.model_dump(), {"model": model.revision},
@@ -81,3 +79,6 @@ def profile_task(store: ArtifactStore, model: ResolvedModel, opts: ProfileOption
     get_logger().info("profile: top operator %s (%.0f%% of self time)", result.metrics.get("top_operator"),
                       100 * result.metrics.get("top_share", 0))
     return result
+
+
+profile_task = stage_task(profile_stage, name="profile", retries=1)

@@ -1,40 +1,44 @@
-"""Stage 8a, promote: pick the fastest artifact that passed the accuracy gate and move the ``production`` pointer.
+"""Stage 7, promote: pick the fastest artifact that passed the accuracy gate; move ``production`` after deployment.
 
 An artifact is promoted only if it passed the gate AND beats the latency recorded for the current production
-artifact on the same device and batch shape. Otherwise the pointer stays, and the report says why.
+artifact on the same device and batch shape by the gate's ``min_latency_gain`` (``asr_optimize.gate``, the one
+latency rule). Otherwise the pointer stays, and the report says why. The pointer records the artifact by its
+store identity (``<stage>:<key>/<file>``), never by a worker-local path, so "already in production" holds across
+workers.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pandas as pd
-from prefect import task
 from pydantic import BaseModel
 
+from asr_optimize.gate import GateThresholds, latency_bound
+from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store import ArtifactStore, production_pointer, slugify_model
-from tasks.benchmark import RunnerSpec
-from tasks.common import get_logger
+from tasks.benchmark import BenchmarkTable
+from tasks.common import StageResult, get_logger, stage_task
 from tasks.evaluate import EvaluationResult
+
+STAGE = "promote"
 
 
 class PromotionDecision(BaseModel):
     promoted: bool
     candidate: str | None = None
-    artifact: str | None = None
+    artifact: str | None = None  # local path of the chosen file on this worker (what deploy copies)
+    artifact_id: str | None = None  # its identity in the store (what the pointer records)
     case: str | None = None
     latency_ms: float | None = None
     previous: dict[str, Any] | None = None
     reason: str
 
 
-MIN_LATENCY_GAIN = 0.05  # below 5 % faster, a new artifact is noise, not worth a swap in production
-
-
-def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: pd.DataFrame,
+def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: BenchmarkTable,
                      store: ArtifactStore, device: str, pointer: str,
-                     min_gain: float = MIN_LATENCY_GAIN) -> PromotionDecision:
-    """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production by ``min_gain``."""
+                     thresholds: GateThresholds | None = None) -> PromotionDecision:
+    """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production enough."""
+    thresholds = thresholds or GateThresholds()
     passing = set(evaluation.passing())
     artifacts = {s.label: s for s in specs if s.kind != "pytorch" and s.label in passing}
     previous = store.read_pointer(pointer)
@@ -42,43 +46,53 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
         failed = [b.label for b in evaluation.backends if b.decision is not None and not b.decision.passed]
         return PromotionDecision(promoted=False, previous=previous,
                                  reason=f"no artifact passed the accuracy gate (failed: {failed or 'none evaluated'})")
-    ok = benchmarks[(benchmarks["status"] == "ok") & benchmarks["runner"].isin(list(artifacts))]
+    table = benchmarks.frame()
+    ok = table[(table["status"] == "ok") & table["runner"].isin(list(artifacts))] if not table.empty else table
     if ok.empty:
         return PromotionDecision(promoted=False, previous=previous,
                                  reason="gate-passing artifacts were not benchmarked")
     largest = ok.sort_values(["batch", "seconds"]).iloc[-1]["case"]
     best = ok[ok["case"] == largest].sort_values("p50_ms").iloc[0]
     spec = artifacts[best["runner"]]
-    decision = dict(candidate=spec.label, artifact=str(spec.path), case=largest, latency_ms=float(best["p50_ms"]),
-                    previous=previous)
-    if previous and previous.get("artifact") == str(spec.path):
+    identity = spec.artifact or str(spec.path)
+    decision = dict(candidate=spec.label, artifact=str(spec.path), artifact_id=identity, case=largest,
+                    latency_ms=float(best["p50_ms"]), previous=previous)
+    if previous and identity in (previous.get("artifact_id"), previous.get("artifact")):
         return PromotionDecision(promoted=False, **decision, reason=f"{spec.label} is already in production")
     comparable = previous and previous.get("device") == device and previous.get("case") == largest
-    if comparable and float(best["p50_ms"]) >= float(previous["latency_ms"]) * (1 - min_gain):
+    if comparable and float(best["p50_ms"]) >= latency_bound(float(previous["latency_ms"]), thresholds):
         return PromotionDecision(promoted=False, **decision, reason=(
-            f"{spec.label} passed the gate but is not {min_gain:.0%} faster than production "
+            f"{spec.label} passed the gate but is not {thresholds.min_latency_gain:.0%} faster than production "
             f"{previous.get('candidate')} ({best['p50_ms']:.2f} ms vs {previous['latency_ms']:.2f} ms at {largest})"))
     return PromotionDecision(promoted=True, **decision,
                              reason=f"{spec.label} passed the gate and is the fastest at {largest}")
 
 
-@task(name="choose-candidate")
-def choose_candidate_task(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: pd.DataFrame,
-                          store: ArtifactStore, device: str, model: str) -> PromotionDecision:
+def promote_stage(specs: list[RunnerSpec], evaluation: StageResult[EvaluationResult],
+                  benchmarks: StageResult[BenchmarkTable], store: ArtifactStore, device: str, model: str,
+                  thresholds: GateThresholds | None = None) -> StageResult[PromotionDecision]:
     """Pick the artifact to promote (or say why none); the pointer moves only after deployment succeeds."""
-    decision = choose_candidate(specs, evaluation, benchmarks, store, device, production_pointer(slugify_model(model)))
-    log = get_logger()
-    (log.info if decision.promoted else log.warning)("promote: %s", decision.reason)
-    return decision
+    if evaluation.output is None or benchmarks.output is None:
+        decision = PromotionDecision(promoted=False, reason="no evaluation or benchmark to decide on")
+    else:
+        decision = choose_candidate(specs, evaluation.output, benchmarks.output, store, device,
+                                    production_pointer(slugify_model(model)), thresholds)
+    (get_logger().info if decision.promoted else get_logger().warning)("promote: %s", decision.reason)
+    return StageResult(stage=STAGE, status="ok" if decision.promoted else "skipped",
+                       reason=None if decision.promoted else decision.reason, location=decision.artifact_id,
+                       metrics={"candidate": decision.candidate, "case": decision.case,
+                                "latency_ms": decision.latency_ms}, output=decision)
 
 
-@task(name="move-production-pointer")
-def move_production_task(store: ArtifactStore, decision: PromotionDecision, device: str, model: str,
-                         revision: str, deployment: dict[str, Any] | None = None) -> None:
+def move_production_pointer(store: ArtifactStore, decision: PromotionDecision, device: str, model: str,
+                            revision: str, deployment: dict[str, Any] | None = None) -> None:
     """Point the model's ``production`` at the promoted artifact (history kept; the old value stays there)."""
     store.write_pointer(production_pointer(slugify_model(model)), {
-        "candidate": decision.candidate, "artifact": decision.artifact, "case": decision.case,
-        "latency_ms": decision.latency_ms, "device": device, "model": model, "revision": revision,
-        "deployment": deployment or {},
+        "candidate": decision.candidate, "artifact_id": decision.artifact_id, "artifact": decision.artifact,
+        "case": decision.case, "latency_ms": decision.latency_ms, "device": device, "model": model,
+        "revision": revision, "deployment": deployment or {},
     })
     get_logger().info("promote: production -> %s", decision.candidate)
+
+
+promote_task = stage_task(promote_stage, name="promote")

@@ -7,9 +7,10 @@ from typing import Any
 
 import altair as alt
 import pandas as pd
-from prefect import task
 
-from tasks.common import StageResult, get_logger
+from tasks.common import StageResult, get_logger, in_prefect_run, stage_task
+
+STAGE = "report"
 
 
 def save_chart(chart: alt.Chart, out_dir: Path, name: str) -> list[str]:
@@ -66,10 +67,10 @@ def write_report(
     """Write the run's report folder and return what was written (for the manifest and the UI)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
-    stage_rows = pd.DataFrame([
-        {"stage": s.stage, "status": s.status, "reason": s.reason or "", "seconds": s.seconds,
-         "artifact": s.location or ""} for s in stages
-    ])
+    rows = [{"stage": s.stage, "status": s.status, "reason": s.reason or "", "seconds": s.seconds,
+             "artifact": s.location or ""} for s in stages]
+    rows.append({"stage": STAGE, "status": "ok", "reason": "", "seconds": 0.0, "artifact": str(out_dir)})
+    stage_rows = pd.DataFrame(rows)
     stage_rows.to_csv(out_dir / "stages.csv", index=False)
     files.append("stages.csv")
     if not benchmarks.empty:
@@ -128,13 +129,17 @@ def publish_prefect_artifacts(report: dict[str, Any], benchmarks: pd.DataFrame, 
                               description="WER/CER and parity per backend, with the gate decision")
 
 
-@task(name="report")
-def report_task(
+def report_stage(
     out_dir: Path, run_info: dict[str, Any], stages: list[StageResult], benchmarks: pd.DataFrame,
     profile_csv: Path | None, accuracy: pd.DataFrame | None = None, extra_sections: list[str] | None = None,
-) -> dict[str, Any]:
-    """Write the report folder and publish it to the Prefect UI."""
+) -> StageResult:
+    """Write the report folder (the stage table lists every stage, this one last) and publish it to the UI."""
     report = write_report(out_dir, run_info, stages, benchmarks, profile_csv, accuracy, extra_sections)
-    publish_prefect_artifacts(report, benchmarks, accuracy)
+    if in_prefect_run():
+        publish_prefect_artifacts(report, benchmarks, accuracy)
     get_logger().info("report: %s (%s)", out_dir, ", ".join(report["files"]))
-    return {k: v for k, v in report.items() if k != "stages"}
+    return StageResult(stage=STAGE, status="ok", artifact_dir=out_dir, location=str(out_dir),
+                       metrics={"files": report["files"]})
+
+
+report_task = stage_task(report_stage, name="report")

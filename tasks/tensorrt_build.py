@@ -31,17 +31,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import onnx
-from prefect import task
 from pydantic import BaseModel, Field, model_validator
 
 from asr_optimize.capabilities import Capabilities
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.hashing import sha256_file
+from asr_optimize.io_spec import ONNX_NAME, SAMPLE_RATE
 from asr_optimize.model_source import ResolvedModel
+from asr_optimize.onnx_files import save_onnx
+from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store import ArtifactRef, ArtifactStore, Manifest
-from tasks.common import StageResult, get_logger, run_cached_stage, skipped
+from tasks.common import StageResult, get_logger, run_cached_stage, skipped, stage_task
 
-SAMPLE_RATE = 16_000
 PLAN_NAME = "engine.plan"
 FP32_LAYERS_NAME = "fp32_layers.txt"
 TIMING_CACHE_NAME = "timing.cache"
@@ -146,10 +147,10 @@ def choose_onnx(optimized: StageResult, export: StageResult | None) -> tuple[Pat
         if not foreign:
             return path, "optimize", optimized.key or ""
         get_logger().info("tensorrt: %s has ONNX Runtime-only ops %s; not usable by TensorRT", name, foreign)
-    if export is not None and export.artifact_dir is not None and (path := export.file("model.onnx")).is_file():
+    if export is not None and export.artifact_dir is not None and (path := export.file(ONNX_NAME)).is_file():
         return path, "export", export.key or ""
     raise EngineBuildError("no ONNX graph TensorRT can import: the optimized graph uses ONNX Runtime-only ops and "
-                           "no export artifact was passed (tensorrt_task(..., export=...))")
+                           "no export artifact was passed (build_engines(..., export=...))")
 
 
 def write_reduced_precision_onnx(src: Path, dst: Path, mixed: bool) -> list[str]:
@@ -163,8 +164,7 @@ def write_reduced_precision_onnx(src: Path, dst: Path, mixed: bool) -> list[str]
     keep = [n.name for n in model.graph.node if mixed and keep_in_fp32(n.name, n.op_type)]
     ops = list(DEFAULT_OP_BLOCK_LIST) + (sorted(FP32_ONNX_OPS) if mixed else [])
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=ops, node_block_list=keep)
-    onnx.save_model(converted, str(dst), save_as_external_data=converted.ByteSize() > 1_900_000_000,
-                    all_tensors_to_one_file=True, location=dst.name + ".data")
+    save_onnx(converted, dst)
     return keep
 
 
@@ -405,20 +405,13 @@ def combine_results(engines: dict[str, dict[str, Any]], env: dict[str, str], sou
                        metrics={"engines": engines, "onnx_source": source, **env})
 
 
-def engine_runner_specs(result: StageResult) -> list[Any]:
-    """Benchmark specs (kind ``tensorrt``) for every engine this stage produced; empty when skipped."""
-    from tasks.benchmark import RunnerSpec
-
-    specs = []
-    for precision, info in result.metrics.get("engines", {}).items():
-        if info.get("plan"):
-            specs.append(RunnerSpec(label=f"tensorrt:engine:{precision}@cuda", kind="tensorrt", path=Path(info["plan"]),
-                                    device="cuda", precision=precision, options={"precision": precision}))
-    return specs
+def engine_runner_specs(result: StageResult) -> list[RunnerSpec]:
+    """Runner specs (kind ``tensorrt``) for every engine this stage produced; empty when skipped."""
+    return [
+        RunnerSpec(kind="tensorrt", variant="engine", precision=precision, device="cuda", path=Path(info["plan"]),
+                   options={"precision": precision}, artifact=f"tensorrt-{precision}:{info.get('key')}/{PLAN_NAME}")
+        for precision, info in result.metrics.get("engines", {}).items() if info.get("plan")
+    ]
 
 
-@task(name="tensorrt-engines", tags=["gpu"])
-def tensorrt_task(store: ArtifactStore, model: ResolvedModel, optimized: StageResult, caps: Capabilities,
-                  opts: EngineOptions | None = None, export: StageResult | None = None) -> StageResult:
-    """Build engines, or skip with the reason this machine cannot."""
-    return build_engines(store, model, optimized, caps, opts or EngineOptions(), export)
+tensorrt_task = stage_task(build_engines, name="tensorrt-engines", tags=["gpu"])

@@ -19,6 +19,18 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def defaults_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every default folder (store, reports, Triton repository) under pytest's tmp dir, for this process and the
+    CLI subprocesses the tests start: a test run never writes into the working tree."""
+    from asr_optimize.settings import get_settings
+
+    root = tmp_path_factory.mktemp("defaults")
+    for name in ("store", "reports_dir", "triton_repository"):
+        os.environ[f"ASR_OPTIMIZE_{name.upper()}"] = str(root / name)
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random model with the IndicWav2Vec config conventions and vocabulary (never committed)."""

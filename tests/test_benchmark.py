@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from asr_optimize.runners.base import RunnerUnavailable
-from tasks.benchmark import BenchCase, BenchmarkOptions, RunnerSpec, build_runner, run_benchmarks
+from asr_optimize.runners.registry import RunnerSpec, build_runner
+from tasks.benchmark import BenchCase, BenchmarkOptions, benchmark_stage, run_benchmarks
 from tasks.export import ExportOptions, export_onnx
 
 
@@ -16,14 +17,15 @@ def test_benchmark_rows_and_baseline_ratios(tiny_model: Path, tmp_path: Path) ->
 
     export_onnx(tiny_model, tmp_path, ExportOptions(), synthetic_audio(2, 1.0))
     specs = [
-        RunnerSpec(label="pytorch:eager:fp32@cpu", kind="pytorch", path=tiny_model),
-        RunnerSpec(label="onnxruntime:exported:fp32@cpu", kind="onnxruntime", path=tmp_path / "model.onnx"),
-        RunnerSpec(label="onnxruntime:exported:fp32@cuda", kind="onnxruntime", path=tmp_path / "model.onnx",
-                   device="cuda"),
+        RunnerSpec(kind="pytorch", path=tiny_model),
+        RunnerSpec(kind="onnxruntime", variant="exported", path=tmp_path / "model.onnx"),
+        RunnerSpec(kind="onnxruntime", variant="exported", path=tmp_path / "model.onnx", device="cuda"),
     ]
     opts = BenchmarkOptions(cases=[BenchCase(batch=1, seconds=1), BenchCase(batch=2, seconds=2)], warmup=1,
                             iterations=3)
-    table = run_benchmarks(specs, opts)
+    result = benchmark_stage(specs, opts, tmp_path / "report")
+    assert result.stage == "benchmark" and result.status == "ok" and (tmp_path / "report" / "benchmarks.csv").is_file()
+    table = result.output.frame()
     ok = table[table["status"] == "ok"]
     assert len(ok) == 4
     assert (ok[ok["runner"] == "pytorch:eager:fp32@cpu"]["speedup_vs_baseline"] == 1.0).all()
@@ -36,4 +38,20 @@ def test_benchmark_rows_and_baseline_ratios(tiny_model: Path, tmp_path: Path) ->
 
 def test_unknown_backend_is_unavailable(tiny_model: Path) -> None:
     with pytest.raises(RunnerUnavailable):
-        build_runner(RunnerSpec(label="x", kind="nope", path=tiny_model))
+        build_runner(RunnerSpec(kind="nope", path=tiny_model))
+
+
+def test_the_baseline_is_required(tiny_model: Path) -> None:
+    with pytest.raises(ValueError, match="eager fp32 baseline"):
+        run_benchmarks([RunnerSpec(kind="onnxruntime", variant="exported", path=tiny_model)],
+                       BenchmarkOptions(iterations=1))
+
+
+@pytest.mark.parametrize("text", ["0x1", "1x0", "2x-1", "abc", "", "4", "1x1,,0x2"])
+def test_bad_bench_cases_are_refused_with_the_item_named(text: str) -> None:
+    with pytest.raises(ValueError, match=r"benchmark case|no benchmark case"):
+        BenchCase.parse_list(text)
+
+
+def test_bench_cases_parse() -> None:
+    assert [c.label for c in BenchCase.parse_list("1x1, 16x10s")] == ["1x1s", "16x10s"]

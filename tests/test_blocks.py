@@ -14,8 +14,8 @@ from prefect_aws.client_parameters import AwsClientParameters
 
 from asr_optimize.s3_store import S3ArtifactStore
 from asr_optimize.store import ArtifactRef, LocalArtifactStore, Manifest
-from asr_optimize.store_factory import open_store
 from blocks import ModelStore, TritonTarget
+from blocks.model_store import open_store
 from deploy.register_blocks import main as register_blocks
 from tests.s3_server import MotoServer, moto_s3_fixture
 

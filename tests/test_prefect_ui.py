@@ -1,6 +1,6 @@
 """A completed asr-optimize run, seen in the real Prefect UI through headless Chromium (Debian's ``chromium``).
 
-The screenshots stay in pytest's tmp dir and are copied to ``reports/ui-screenshots/`` (ignored by git).
+The screenshots stay in pytest's tmp dir; set ``ASR_OPTIMIZE_KEEP_SCREENSHOTS=<folder>`` to keep copies.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import pytest
 from tests.servers import prefect_server
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-STAGE_TASKS = ["resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "benchmark", "report"]
+STAGE_TASKS = ["resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "fused-engines",
+               "benchmark", "evaluate", "promote", "deploy-triton", "report"]
 ARTIFACTS = ["asr-optimize-report", "asr-optimize-stages", "asr-optimize-benchmarks"]
 
 
@@ -68,9 +68,9 @@ def page_text(url: str, profile: Path, expect: list[str]) -> str:
 def screenshot(url: str, profile: Path, out: Path) -> Path:
     chromium([f"--screenshot={out}"], url, profile, 15000)
     assert out.is_file() and out.stat().st_size > 20_000, f"no screenshot of {url}"
-    keep = REPO / "reports" / "ui-screenshots"
-    keep.mkdir(parents=True, exist_ok=True)
-    shutil.copy(out, keep / out.name)
+    if keep := os.environ.get("ASR_OPTIMIZE_KEEP_SCREENSHOTS"):
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(out, Path(keep) / out.name)
     return out
 
 

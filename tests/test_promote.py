@@ -7,16 +7,18 @@ from pathlib import Path
 import pandas as pd
 
 from asr_optimize.gate import BackendScore, evaluate_gate
+from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store import LocalArtifactStore
-from tasks.benchmark import RunnerSpec
+from tasks.benchmark import BenchmarkTable
 from tasks.evaluate import BackendEvaluation, EvaluationResult
 from tasks.promote import choose_candidate
 
 SPECS = [
-    RunnerSpec(label="ref", kind="pytorch", path=Path("/m")),
-    RunnerSpec(label="fast", kind="onnxruntime", path=Path("/a/fast.onnx")),
-    RunnerSpec(label="broken", kind="onnxruntime", path=Path("/a/broken.onnx")),
+    RunnerSpec(kind="pytorch", path=Path("/m")),
+    RunnerSpec(kind="onnxruntime", variant="fast", path=Path("/a/fast.onnx"), artifact="optimize:k1/fast.onnx"),
+    RunnerSpec(kind="onnxruntime", variant="broken", path=Path("/a/broken.onnx")),
 ]
+REF, FAST, BROKEN = (s.label for s in SPECS)
 
 
 REFERENCE = BackendScore(name="ref", wer=0.10, cer=0.03, n_utterances=10)
@@ -30,22 +32,23 @@ def _entry(label: str, wer: float) -> BackendEvaluation:
 
 
 def _evaluation(fast_wer: float = 0.10) -> EvaluationResult:
-    return EvaluationResult(reference="ref", eval_set={}, backends=[
-        BackendEvaluation(label="ref", status="ok", score=REFERENCE), _entry("fast", fast_wer),
-        _entry("broken", 0.12)])
+    return EvaluationResult(reference=REF, eval_set={}, backends=[
+        BackendEvaluation(label=REF, status="ok", score=REFERENCE), _entry(FAST, fast_wer),
+        _entry(BROKEN, 0.12)])
 
 
-def _bench(fast_ms: float, broken_ms: float = 1.0) -> pd.DataFrame:
-    return pd.DataFrame([
+def _bench(fast_ms: float, broken_ms: float = 1.0) -> BenchmarkTable:
+    return BenchmarkTable(rows=pd.DataFrame([
         {"runner": r, "case": "4x5s", "batch": 4, "seconds": 5.0, "status": "ok", "p50_ms": ms}
-        for r, ms in (("ref", 100.0), ("fast", fast_ms), ("broken", broken_ms))
-    ])
+        for r, ms in ((REF, 100.0), (FAST, fast_ms), (BROKEN, broken_ms))
+    ]).to_dict(orient="records"))
 
 
 def test_fastest_passing_artifact_is_chosen_not_a_faster_failing_one(tmp_path: Path) -> None:
     store = LocalArtifactStore(tmp_path)
     decision = choose_candidate(SPECS, _evaluation(), _bench(40.0), store, "cpu", "m.production")
-    assert decision.promoted and decision.candidate == "fast"  # 'broken' is faster but failed the gate
+    assert decision.promoted and decision.candidate == FAST  # 'broken' is faster but failed the gate
+    assert decision.artifact_id == "optimize:k1/fast.onnx" and decision.artifact == "/a/fast.onnx"
 
 
 def test_no_promotion_when_nothing_passes(tmp_path: Path) -> None:
@@ -61,7 +64,9 @@ def test_production_is_kept_unless_clearly_faster(tmp_path: Path) -> None:
     noise = choose_candidate(SPECS, _evaluation(), _bench(40.0), store, "cpu", "m.production")
     assert not noise.promoted and "not 5% faster" in noise.reason
     assert choose_candidate(SPECS, _evaluation(), _bench(30.0), store, "cpu", "m.production").promoted
-    store.write_pointer("m.production", {"candidate": "fast", "artifact": "/a/fast.onnx", "case": "4x5s",
+    # recorded by another worker: its local path differs, the store identity is the same
+    store.write_pointer("m.production", {"candidate": FAST, "artifact": "/worker-2/cache/fast.onnx",
+                                         "artifact_id": "optimize:k1/fast.onnx", "case": "4x5s",
                                          "latency_ms": 90.0, "device": "cpu"})
     same = choose_candidate(SPECS, _evaluation(), _bench(30.0), store, "cpu", "m.production")
     assert not same.promoted and "already in production" in same.reason

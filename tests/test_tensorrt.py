@@ -182,7 +182,7 @@ def test_stage_is_skipped_with_the_reason_when_tensorrt_is_missing(tmp_path: Pat
     store = LocalArtifactStore(tmp_path / "store")
     optimized = stage(tmp_path, "optimize", "model.opt.onnx")
     for capabilities in (caps(trt=None), caps(trt=None, reason="tensorrt not importable (ModuleNotFoundError: x)")):
-        result = tb.tensorrt_task.fn(store, resolved(tmp_path), optimized, capabilities, EngineOptions())
+        result = tb.build_engines(store, resolved(tmp_path), optimized, capabilities, EngineOptions())
         assert result.status == "skipped"
         assert result.reason is not None and "tensorrt not importable" in result.reason
         assert tb.engine_runner_specs(result) == []
@@ -261,10 +261,10 @@ def test_all_precisions_failing_fails_the_stage(tmp_path: Path, monkeypatch: pyt
 def test_runner_reports_why_it_cannot_run(tmp_path: Path) -> None:
     if TRT_REASON is None:
         pytest.skip("tensorrt and CUDA are present here")
-    from tasks.benchmark import RunnerSpec, build_runner
+    from asr_optimize.runners.registry import RunnerSpec, build_runner
 
     with pytest.raises(RunnerUnavailable, match=r"tensorrt not importable|no CUDA"):
-        build_runner(RunnerSpec(label="t", kind="tensorrt", path=tmp_path / "engine.plan", device="cuda",
+        build_runner(RunnerSpec(kind="tensorrt", variant="engine", path=tmp_path / "engine.plan", device="cuda",
                                 precision="fp16", options={"precision": "fp16"}))
 
 

@@ -28,6 +28,7 @@ class RunnerSpec(BaseModel):
     device: str = "cpu"
     path: Path  # model folder, ONNX file, engine file or engine folder (triton: unused)
     options: dict[str, Any] = Field(default_factory=dict)  # passed to the runner's constructor
+    artifact: str | None = None  # worker-independent identity of a stored artifact: ``<stage>:<key>/<file>``
 
     @property
     def label(self) -> str:

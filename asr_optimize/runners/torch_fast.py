@@ -14,6 +14,22 @@ from typing import Any
 IM2COL_MAX_ELEMENTS = 256 * 1024 * 1024  # unfolded tensor size above which the cuDNN conv is used
 
 
+def fold_weight_norm(model: Any) -> int:
+    """Replace weight-normed convolutions by plain weights (value unchanged). Returns how many were folded."""
+    import torch
+    from torch.nn.utils import parametrize
+
+    folded = 0
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+            folded += 1
+        elif hasattr(module, "weight_g") and hasattr(module, "weight_v"):
+            torch.nn.utils.remove_weight_norm(module)
+            folded += 1
+    return folded
+
+
 def make_grouped_conv_fast(conv: Any) -> Any:
     """A drop-in module for a grouped ``Conv1d`` that uses im2col + bmm for small inputs."""
     import torch
@@ -48,8 +64,6 @@ def make_grouped_conv_fast(conv: Any) -> Any:
 
 def optimize_for_inference(model: Any) -> dict[str, int]:
     """Fold weight norm and swap the positional conv for the im2col version. Returns what was changed."""
-    from tasks.export import fold_weight_norm
-
     folded = fold_weight_norm(model)
     swapped = 0
     pos = getattr(getattr(model, "wav2vec2", model), "encoder", None)

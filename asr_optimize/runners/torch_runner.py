@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from asr_optimize.io_spec import SAMPLE_RATE
 from asr_optimize.model_source import load_model
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 
-GRAPH_MAX_SAMPLES = 10 * 16_000  # batch x samples up to 10 s of audio: launch-bound, where graphs pay off
+GRAPH_MAX_SAMPLES = 10 * SAMPLE_RATE  # batch x samples up to 10 s of audio: launch-bound, where graphs pay off
 
 
 class TorchRunner(Runner):

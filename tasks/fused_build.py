@@ -1,0 +1,76 @@
+"""Stage 4b, the project's own fused engines: fp16, and fp8 (e4m3) transformer GEMMs with calibrated scales.
+
+The engine (``asr_optimize/runners/fused_engine.py``) folds the model's weights ahead of time and runs a fused
+forward under CUDA graphs. Each precision is its own store artifact (stage ``fused-<precision>``: the folded
+weights, ``engine.json`` and, for fp8, the calibrated scales), cached by model revision, options, calibration
+audio and code. The engines target CUDA: on a CPU run the stage says "skipped" and why. Whether an engine may
+ship is decided like every other backend's: by the benchmark and the accuracy gate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from asr_optimize.hashing import hash_waves
+from asr_optimize.model_source import ResolvedModel
+from asr_optimize.runners.registry import RunnerSpec
+from asr_optimize.store import ArtifactStore
+from tasks.common import StageResult, get_logger, run_cached_stage, skipped, stage_task
+
+STAGE = "fused-engine"
+
+
+class FusedBuildOptions(BaseModel):
+    enabled: bool = True
+    precisions: list[Literal["fp16", "fp8"]] = Field(default_factory=lambda: ["fp16", "fp8"])
+    calibration_utterances: int = Field(32, ge=1)  # fp8 activation scales come from this much real speech
+
+
+def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedBuildOptions, device: str,
+                        calibration_waves: list[np.ndarray]) -> StageResult:
+    """Build (or reuse) one engine folder per precision; one precision failing does not cost the others."""
+    if not opts.enabled:
+        return skipped(STAGE, "disabled (options.fused.enabled = false)")
+    if device != "cuda":
+        return skipped(STAGE, "the fused engines run on CUDA (fp16 / fp8 tensor cores); this run is on the CPU")
+    from asr_optimize.runners.fused_engine import FusedEngineOptions, build_fused_engine
+
+    log = get_logger()
+    start = time.perf_counter()
+    waves = calibration_waves[: opts.calibration_utterances]
+    engines: dict[str, dict[str, Any]] = {}
+    for precision in opts.precisions:
+        engine_opts = FusedEngineOptions(precision=precision)
+        try:
+            result = run_cached_stage(
+                store, model, f"fused-{precision}", engine_opts.model_dump(),
+                {"model": model.revision, "calibration_audio": hash_waves(waves) if precision == "fp8" else ""},
+                lambda out, o=engine_opts: build_fused_engine(model.local_dir, out, o, waves),
+            )
+            engines[precision] = {"status": result.status, "dir": str(result.artifact_dir),
+                                  "location": result.location, "key": result.key}
+        except Exception as exc:  # e.g. an architecture the engine does not cover: recorded, the run goes on
+            log.error("%s: %s failed: %s: %s", STAGE, precision, type(exc).__name__, exc)
+            engines[precision] = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
+    failed = {p: e["reason"] for p, e in engines.items() if e["status"] == "failed"}
+    statuses = {e["status"] for e in engines.values()}
+    status = "failed" if len(failed) == len(engines) else ("cached" if statuses == {"cached"} else "ok")
+    return StageResult(stage=STAGE, status=status, seconds=round(time.perf_counter() - start, 3),
+                       reason="; ".join(f"{p} failed: {r}" for p, r in failed.items()) or None,
+                       metrics={"engines": engines})
+
+
+def fused_runner_specs(result: StageResult) -> list[RunnerSpec]:
+    """Runner specs (kind ``fused``, CUDA graphs per length bucket) for every engine the stage produced."""
+    return [
+        RunnerSpec(kind="fused", variant="engine+graphs", precision=precision, device="cuda", path=info["dir"],
+                   artifact=f"fused-{precision}:{info.get('key')}")
+        for precision, info in result.metrics.get("engines", {}).items() if info.get("dir")
+    ]
+
+
+fused_task = stage_task(build_fused_engines, name="fused-engines", tags=["gpu"])
