@@ -29,6 +29,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -198,21 +199,30 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def _link_or_copy(src: str, dst: str) -> str:
-    """Hard-link on the same filesystem (instant, no extra space), else copy."""
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link on the same filesystem (instant, no extra space), else copy; readable as the umask allows."""
     try:
         os.link(src, dst)
     except OSError:
-        shutil.copy2(src, dst)
-    return dst
+        shutil.copyfile(src, dst)  # a new file: 0666 & ~umask
+        return
+    mode = stat.S_IMODE(os.stat(dst).st_mode)
+    readable = mode | (0o444 & ~umask())  # a stage's mkstemp file (0600) must not stay private in a shared store
+    if readable != mode:
+        os.chmod(dst, readable)
 
 
 def copy_tree_shared(src: Path, dst: Path) -> None:
-    """Copy ``src`` into the existing folder ``dst`` with folder modes from the umask (not the source's 0700)."""
-    shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=_link_or_copy)
-    mode = 0o777 & ~umask()
-    for folder in [dst, *(p for p in dst.rglob("*") if p.is_dir())]:
-        os.chmod(folder, mode)
+    """Copy ``src`` into the existing folder ``dst``; folders get umask modes (not a ``mkdtemp`` source's 0700).
+
+    Written out (not ``shutil.copytree``) so the first error, e.g. ENOSPC, stops the copy and keeps its errno.
+    """
+    for folder, dirs, files in os.walk(src):
+        rel = Path(folder).relative_to(src)
+        for name in sorted(dirs):
+            (dst / rel / name).mkdir(exist_ok=True)
+        for name in sorted(files):
+            _link_or_copy(Path(folder) / name, dst / rel / name)
 
 
 def publish_folder(complete: Path, final: Path, existing_ok: Callable[[], Any | None], trash: Path,

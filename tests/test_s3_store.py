@@ -16,7 +16,7 @@ from asr_optimize.errors import StoreError, TransientError
 from asr_optimize.model_source import ResolvedModel
 from asr_optimize.s3_store import MiB, S3ArtifactStore, S3UnavailableError
 from asr_optimize.store import ArtifactRef, LocalArtifactStore, Manifest
-from asr_optimize.store_factory import open_store
+from blocks.model_store import open_store
 from tests.s3_server import MotoServer, free_port, moto_s3_fixture
 
 moto_s3 = pytest.fixture(scope="session")(moto_s3_fixture)
