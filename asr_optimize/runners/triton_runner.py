@@ -2,6 +2,7 @@
 
 Batches larger than the model's ``max_batch_size`` are split into several requests and concatenated.
 Pin ``version`` to measure a specific deployed version (unversioned requests go to the highest loaded one).
+Calls carry the restricted-API key of the server (``asr_optimize.triton.auth``).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ class TritonRunner(Runner):
         self.model_name = model_name
         self.version = "" if version is None else str(version)
         self.device, self.precision = device, precision
-        self.client = httpclient.InferenceServerClient(self.url, connection_timeout=timeout_s,
-                                                       network_timeout=timeout_s)
+        from asr_optimize.triton.auth import KeyedClient, http_headers
+
+        raw = httpclient.InferenceServerClient(self.url, connection_timeout=timeout_s, network_timeout=timeout_s)
+        self.client = KeyedClient(raw, http_headers(self.url))  # config/repository APIs need the per-run key
         try:
             metadata = self.client.get_model_metadata(model_name, self.version)
             config = self.client.get_model_config(model_name, self.version)

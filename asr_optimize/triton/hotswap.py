@@ -9,6 +9,11 @@ back (N+1 leaves the live list, the model reloads, its folder is deleted; N neve
 Triton keeps serving the loaded model while a reload is in progress and keeps it if the reload fails, and
 clients reach the acoustic model through the pipeline, which always names its version, so no request ever
 lands on a version that has not passed the canary.
+
+Crash safety: the swap journal (``asr_optimize.triton.journal``) marks N+1 pending before its folder is written and
+confirms it only after promotion; every swap first reconciles a journal left pending by a killed run (N+1 removed,
+the pipeline pointed back at N). On a GPU instance the swap refuses to start when free GPU memory cannot hold N+1
+beside N. Every call to Triton carries the restricted-API key (``asr_optimize.triton.auth``).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pydantic import BaseModel, Field
 from asr_optimize.errors import TransientError
 from asr_optimize.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.metrics import transcript_parity, wer_cer
+from asr_optimize.triton import auth, journal
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.repository import BatchingOptions, ModelKind, RepositoryError
 
@@ -66,6 +72,10 @@ class SwapOptions(BaseModel):
     """Wait this long after promotion before older versions are unloaded (in-flight requests finish)."""
     load_timeout_s: float = Field(300.0, gt=0)
     request_timeout_s: float = Field(60.0, gt=0)
+    gpu_memory_factor: float = Field(2.0, gt=0)
+    """GPU memory a new version needs per instance, as a multiple of its model file (weights + ORT arena)."""
+    gpu_memory_margin_mb: float = Field(1024.0, ge=0)
+    """Free memory that must remain on each GPU after loading the new version beside the serving one."""
 
 
 class CanaryRow(BaseModel):
@@ -89,6 +99,8 @@ class SwapDecision(BaseModel):
     gate: GateDecision | None = None
     canary: list[CanaryRow] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
+    reconciled: list[str] = Field(default_factory=list)
+    """What the journal check repaired before this swap (a previous swap that died mid-way)."""
 
     @property
     def promoted(self) -> bool:
@@ -112,6 +124,7 @@ class SwapDecision(BaseModel):
                  f"| live versions | {self.live_versions} |",
                  f"| retired versions | {self.retired_versions} |"]
         lines += [f"| {k} | {v:.2f} s |" for k, v in self.timings.items()]
+        lines += [f"| repaired before the swap | {r} |" for r in self.reconciled]
         if self.gate is not None:
             lines += ["", "### Canary gate", "", self.gate.markdown()]
         differing = [r for r in self.canary if r.reference != r.triton][:10]
@@ -123,11 +136,41 @@ class SwapDecision(BaseModel):
 
 
 def http_client(url: str, timeout_s: float = 60.0) -> Any:
+    """A tritonclient HTTP client that sends the restricted-API key of the server at ``url`` (if any)."""
     import tritonclient.http as httpclient
 
-    return httpclient.InferenceServerClient(
+    client = httpclient.InferenceServerClient(
         url.removeprefix("http://"), connection_timeout=timeout_s, network_timeout=timeout_s
     )
+    return auth.KeyedClient(client, auth.http_headers(url))
+
+
+class GpuMemoryError(RepositoryError):
+    """Free GPU memory cannot hold the new version beside the serving one; nothing was changed."""
+
+
+def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions) -> str | None:
+    """Why N+1 cannot load beside N on the GPU, or None (CPU instances, no GPU visible, or enough memory)."""
+    from asr_optimize.triton import gpu_memory
+
+    if repo_mod.instance_kind(kind, opts.batching) != "KIND_GPU":
+        return None
+    gpus = gpu_memory.gpu_memory()
+    if not gpus:
+        return None
+    if opts.batching.gpu_ids:
+        gpus = [g for g in gpus if g.index in opts.batching.gpu_ids] or gpus
+    size_mb = artifact.stat().st_size / 2**20
+    need = size_mb * opts.gpu_memory_factor * opts.batching.instance_count + opts.gpu_memory_margin_mb
+    short = [g for g in gpus if g.free_mb < need]
+    if not short:
+        return None
+    worst = min(short, key=lambda g: g.free_mb)
+    return (f"not enough free GPU memory to load the new version beside the serving one: GPU {worst.index} has "
+            f"{worst.free_mb:.0f} MiB free of {worst.total_mb:.0f} MiB, the new version needs about {need:.0f} MiB "
+            f"({size_mb:.0f} MiB model x {opts.gpu_memory_factor:g} x {opts.batching.instance_count} instance(s) "
+            f"+ {opts.gpu_memory_margin_mb:.0f} MiB margin); nothing was changed, the serving version keeps serving. "
+            "Free GPU memory (other processes, retired versions: keep_versions=1) or lower the instance count")
 
 
 def pipeline_transcribe(
@@ -190,6 +233,11 @@ class _Swap:
     source: str
     artifact_manifest: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
+    history: journal.Journal | None = None
+
+    def settle(self, serving: int | None, confirmed: list[int]) -> None:
+        assert self.history is not None
+        self.history = journal.settle(self.root, self.history, serving, confirmed)
 
     @property
     def name(self) -> str:
@@ -243,15 +291,21 @@ def hot_swap(
     if not live:
         raise TritonUnavailable(f"Triton at {url} is not live; nothing was changed")
     kind = opts.kind or repo_mod.kind_for_artifact(artifact)
-    previous = repo_mod.serving_version(root, opts.pipeline_name)
-    old_live = [v for v in repo_mod.live_versions(root, opts.model_name) if v != previous]
+    keyed = http_client(url, opts.load_timeout_s)
+    repaired = journal.reconcile(root, opts.model_name, opts.pipeline_name, keyed, opts.load_timeout_s)
+    history = journal.current(root, opts.model_name, opts.pipeline_name)
+    previous = history.serving
+    old_live = [v for v in history.confirmed if v != previous]
     old_live = [*old_live, previous] if previous else []
     vocab_size = len(repo_mod.ctc_info(model_dir)["tokens"])
-    swap = _Swap(root, artifact, model_dir, canary, opts, http_client(url, opts.load_timeout_s), source,
-                 {"vocab_size": vocab_size, **(artifact_manifest or {})})
+    swap = _Swap(root, artifact, model_dir, canary, opts, keyed, source,
+                 {"vocab_size": vocab_size, **(artifact_manifest or {})}, history=history)
     decision = SwapDecision(model_name=opts.model_name, pipeline_name=opts.pipeline_name, action="refused",
                             previous_version=previous, candidate_version=None, serving_version=previous,
-                            live_versions=sorted(old_live))
+                            live_versions=sorted(old_live), reconciled=repaired)
+    if artifact.is_file() and (reason := check_gpu_memory(artifact, kind, opts)):
+        decision.reasons.append(reason)
+        return decision
     serving_manifest = repo_mod.read_manifest(root, opts.model_name, previous) if previous else None
     ctc = repo_mod.pipeline_ctc(root, opts.pipeline_name)
     if previous and ctc is not None and ctc["tokens"] != repo_mod.ctc_info(model_dir)["tokens"]:
@@ -259,17 +313,23 @@ def hot_swap(
                                 "deploy under a new model and pipeline name")
         return decision
 
-    new = max(repo_mod.version_dirs(root, opts.model_name) or [0]) + 1
+    new = max([*repo_mod.version_dirs(root, opts.model_name), *history.confirmed, 0]) + 1
     decision.candidate_version = new
     start = time.perf_counter()
+    swap.history = journal.begin(root, history, new)  # before any byte of N+1 exists
     try:
         manifest = repo_mod.write_acoustic_version(root, opts.model_name, new, artifact, kind, source,
                                                    swap.artifact_manifest)
     except RepositoryError as exc:
+        swap.settle(previous, old_live)
         decision.reasons.append(str(exc))
         return decision
+    except BaseException:
+        swap.settle(previous, old_live)
+        raise
     if reason := _incompatible(serving_manifest, manifest):
         shutil.rmtree(root / opts.model_name / str(new), ignore_errors=True)
+        swap.settle(previous, old_live)
         decision.reasons.append(reason)
         return decision
     swap.timed("write", start)
@@ -283,7 +343,7 @@ def hot_swap(
             raise RuntimeError(f"version {new} not ready after {opts.load_timeout_s:.0f} s")
         if previous is None:
             repo_mod.write_pipeline(root, opts.pipeline_name, model_dir, opts.model_name, new,
-                                    "attention_mask" in manifest.inputs, opts.batching.max_batch_size)
+                                    "attention_mask" in manifest.inputs, opts.batching.max_batch_size, opts.batching)
             swap.client.load_model(opts.pipeline_name)
     except Exception as exc:
         return _rollback(swap, decision, old_live, manifest, f"loading v{new} failed: {_error(exc)}")
@@ -307,8 +367,7 @@ def hot_swap(
     start = time.perf_counter()
     try:
         if previous is not None:
-            repo_mod.set_pipeline_version(root, opts.pipeline_name, opts.model_name, new,
-                                          "attention_mask" in manifest.inputs, opts.batching.max_batch_size)
+            repo_mod.set_serving_version(root, opts.pipeline_name, new)
             swap.client.load_model(opts.pipeline_name)
         if not wait_ready(client, opts.pipeline_name, None, opts.load_timeout_s):
             raise RuntimeError(f"{opts.pipeline_name} not ready after promotion")
@@ -317,13 +376,13 @@ def hot_swap(
             raise RuntimeError(f"{opts.pipeline_name} answers {check!r} after promotion, expected {texts[:1]!r}")
     except Exception as exc:
         if previous is not None:
-            repo_mod.set_pipeline_version(root, opts.pipeline_name, opts.model_name, previous,
-                                          "attention_mask" in manifest.inputs, opts.batching.max_batch_size)
+            repo_mod.set_serving_version(root, opts.pipeline_name, previous)
             _try(lambda: swap.client.load_model(opts.pipeline_name))
         return _rollback(swap, decision, old_live, manifest, f"promoting v{new} failed: {_error(exc)}")
     swap.timed("promote", start)
     decision.action, decision.serving_version = "promoted", new
     decision.live_versions = sorted([*old_live, new])
+    swap.settle(new, decision.live_versions)  # confirmed: from now on N+1 is the good version
     _retire(swap, decision, manifest)
     decision.timings = swap.timings
     return decision
@@ -362,11 +421,15 @@ def _rollback(
         decision.reasons.append(f"v{new} still loaded in Triton; its folder was kept")
     else:
         shutil.rmtree(swap.root / swap.name / str(new), ignore_errors=True)
-        if not old_live and not any((swap.root / swap.name).iterdir()):
-            (swap.root / swap.name).rmdir()
+        if not old_live:  # first deployment rolled back: no history to keep
+            journal.journal_path(swap.root, swap.name).unlink(missing_ok=True)
+            if not any((swap.root / swap.name).iterdir()):
+                (swap.root / swap.name).rmdir()
     swap.timed("rollback", start)
     decision.timings = swap.timings
     decision.live_versions = sorted(old_live)
+    if (swap.root / swap.name).is_dir():
+        swap.settle(decision.previous_version, old_live)
     return decision
 
 
@@ -439,6 +502,7 @@ def _retire(swap: _Swap, decision: SwapDecision, manifest: repo_mod.VersionManif
         return
     time.sleep(swap.opts.grace_s)
     start = time.perf_counter()
+    swap.settle(decision.serving_version, keep)  # dropped versions leave the history before their folders go
     swap.write_acoustic_config(keep, manifest)
     if err := _try(lambda: swap.client.load_model(swap.name)):
         decision.reasons.append(f"retiring {drop} failed ({err}); they stay on disk")

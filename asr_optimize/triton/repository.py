@@ -4,11 +4,18 @@ Layout (a local folder; the same layout works for the NGC tritonserver image)::
 
     <root>/<model_name>/config.pbtxt          platform tensorrt_plan | onnxruntime_onnx, or backend python (ORT)
     <root>/<model_name>/<N>/model.{plan,onnx} (+ model.py for the python backend) + manifest.json
-    <root>/<pipeline_name>/config.pbtxt       python BLS: audio -> acoustic model -> CTC greedy -> text
-    <root>/<pipeline_name>/1/{model.py,ctc.json}
+    <root>/<pipeline_name>/config.pbtxt       python BLS: audio -> length bucket -> acoustic model -> CTC -> text
+    <root>/<pipeline_name>/1/{model.py,ctc.json,chunking.py}
 
 The acoustic config lists live versions with ``version_policy { specific { versions: [...] } }``; the
 pipeline's ``acoustic_version`` parameter names the one that serves. Both are rewritten atomically.
+
+Serving on a GPU (issue #15): the acoustic model runs on GPU instances (ONNX Runtime CUDA with I/O binding,
+optionally a CUDA graph per fixed shape) behind Triton's dynamic batcher, which merges only requests of the same
+shape. The ``asr`` pipeline therefore pads every utterance to a length bucket (default 2/5/10/20 s; padding is
+masked through ``attention_mask`` and only the valid frames are decoded), so requests of different lengths share
+batches. Utterances longer than the largest bucket are cut into overlapping windows (``asr_optimize.chunking``,
+copied beside the pipeline) sent as one batch, and their logits stitched. ``BatchingOptions`` holds every knob.
 """
 
 from __future__ import annotations
@@ -21,11 +28,15 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from asr_optimize.ctc import CtcVocabulary
 from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.triton.backends import CTC_PIPELINE, ORT_ACOUSTIC
+
+CHUNKING_SOURCE = Path(__file__).resolve().parents[1] / "chunking.py"
+"""The long-form windowing module (numpy only), copied into the pipeline's version folder."""
 
 ModelKind = Literal["python_onnxruntime", "onnxruntime_onnx", "tensorrt_plan"]
 DEFAULT_MODEL_NAME = "wav2vec2_ctc"
@@ -48,6 +59,37 @@ class BatchingOptions(BaseModel):
     """auto: GPU for tensorrt_plan / onnxruntime_onnx, CPU for the python ONNX Runtime fallback."""
     intra_op_threads: int = Field(1, ge=0)
     """ONNX Runtime threads per instance of the python fallback (0 = ORT default)."""
+    gpu_ids: list[int] | None = None
+    """GPUs for the acoustic instances (None: Triton puts ``instance_count`` instances on every visible GPU)."""
+    io_binding: bool = True
+    """GPU python ONNX Runtime model: bind inputs/outputs to device memory (inputs from DLPack when on the GPU)."""
+    cuda_graphs: bool = False
+    """GPU python ONNX Runtime model: capture one CUDA graph per (batch, samples) shape; each holds its own session
+    (weights included), so at most ``cuda_graph_max_shapes`` of them; other shapes use the plain CUDA session."""
+    cuda_graph_max_shapes: int = Field(8, ge=1)
+    buckets_s: list[float] = Field(default_factory=lambda: [2.0, 5.0, 10.0, 20.0])
+    """Pipeline length buckets in seconds (ascending); [] sends every utterance at its own length."""
+    chunk_s: float | None = None
+    """Long-form window length for utterances longer than the largest bucket (None: the largest bucket, 20 s)."""
+    chunk_stride_s: float = Field(2.0, ge=0)
+    """Context on each side of a long-form window whose frames are dropped when the windows are stitched."""
+    pipeline_instance_count: int = Field(1, ge=1)
+    """``asr`` pipeline instances (CPU processes: normalization, padding, CTC decoding, BLS calls)."""
+    pipeline_max_queue_delay_us: int = Field(500, ge=0)
+
+    @field_validator("buckets_s")
+    @classmethod
+    def _ascending(cls, value: list[float]) -> list[float]:
+        if any(b <= 0 for b in value) or value != sorted(set(value)):
+            raise ValueError(f"buckets_s must be positive and strictly ascending, got {value}")
+        return value
+
+    def bucket_samples(self, sample_rate: int = SAMPLE_RATE) -> list[int]:
+        return [round(b * sample_rate) for b in self.buckets_s]
+
+    def chunk_samples(self, sample_rate: int = SAMPLE_RATE) -> int:
+        seconds = self.chunk_s or (self.buckets_s[-1] if self.buckets_s else 20.0)
+        return round(seconds * sample_rate)
 
 
 class VersionManifest(BaseModel):
@@ -103,7 +145,8 @@ def ctc_info(model_dir: Path) -> dict[str, Any]:
     }
 
 
-def _instance_kind(kind: ModelKind, batching: BatchingOptions) -> str:
+def instance_kind(kind: ModelKind, batching: BatchingOptions) -> str:
+    """KIND_GPU or KIND_CPU as the acoustic config will say."""
     if batching.instance_kind != "auto":
         return batching.instance_kind
     return "KIND_CPU" if kind == "python_onnxruntime" else "KIND_GPU"
@@ -122,45 +165,69 @@ def acoustic_config(
         "onnxruntime_onnx": 'platform: "onnxruntime_onnx"',
         "tensorrt_plan": 'platform: "tensorrt_plan"',
     }[kind]
-    tensors = ['  { name: "input_values" data_type: TYPE_FP32 dims: [ -1 ] }']
-    if "attention_mask" in inputs:
-        tensors.append('  { name: "attention_mask" data_type: TYPE_INT64 dims: [ -1 ] }')
+    spec = WAV2VEC2_CTC
+    tensors = [f'  {{ name: "{spec.audio_input}" data_type: TYPE_FP32 dims: [ -1 ] }}']
+    if spec.mask_input in inputs:
+        tensors.append(f'  {{ name: "{spec.mask_input}" data_type: TYPE_INT64 dims: [ -1 ] }}')
     preferred = ", ".join(str(b) for b in batching.preferred_batch_sizes if b <= batching.max_batch_size)
+    group_kind = instance_kind(kind, batching)
+    gpus = (f" gpus: [ {', '.join(str(g) for g in batching.gpu_ids)} ]"
+            if batching.gpu_ids and group_kind == "KIND_GPU" else "")
     lines = [
         f'name: "{name}"',
         header,
         f"max_batch_size: {batching.max_batch_size}",
         f"version_policy: {{ specific: {{ versions: [ {', '.join(str(v) for v in sorted(versions))} ] }} }}",
         "input [\n" + ",\n".join(tensors) + "\n]",
-        f'output [\n  {{ name: "logits" data_type: TYPE_FP32 dims: [ -1, {vocab_size} ] }}\n]',
+        f'output [\n  {{ name: "{spec.output}" data_type: TYPE_FP32 dims: [ -1, {vocab_size} ] }}\n]',
         "dynamic_batching {"
         + (f" preferred_batch_size: [ {preferred} ]" if preferred else "")
         + f" max_queue_delay_microseconds: {batching.max_queue_delay_us} }}",
-        f"instance_group [ {{ kind: {_instance_kind(kind, batching)} count: {batching.instance_count} }} ]",
+        f"instance_group [ {{ kind: {group_kind} count: {batching.instance_count}{gpus} }} ]",
     ]
     if kind == "python_onnxruntime":
-        lines.append(_params({"intra_op_threads": str(batching.intra_op_threads)}))
+        params = {"intra_op_threads": str(batching.intra_op_threads),
+                  "io_binding": str(batching.io_binding).lower(), "cuda_graphs": str(batching.cuda_graphs).lower(),
+                  "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes)}
+        if group_kind == "KIND_GPU":  # let GPU-resident inputs arrive as GPU tensors (DLPack, no host copy)
+            params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+        lines.append(_params(params))
     return "\n".join(lines) + "\n"
 
 
-def pipeline_config(name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int) -> str:
-    """config.pbtxt of the ``asr`` BLS pipeline: FP32 audio in, BYTES text out."""
+def pipeline_config(
+    name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int,
+    batching: BatchingOptions | None = None,
+) -> str:
+    """config.pbtxt of the ``asr`` BLS pipeline: FP32 audio in, BYTES text out.
+
+    ``audio`` allows ragged batches, so the batcher hands one ``execute`` requests of any lengths; the pipeline
+    regroups their utterances by length bucket into one acoustic request per bucket.
+    """
+    batching = batching or BatchingOptions(max_batch_size=max_batch_size)
+    buckets = batching.bucket_samples() if has_mask else []  # without a mask, padding would change the output
     return "\n".join(
         [
             f'name: "{name}"',
             'backend: "python"',
             f"max_batch_size: {max_batch_size}",
             "input [",
-            '  { name: "audio" data_type: TYPE_FP32 dims: [ -1 ] },',
+            '  { name: "audio" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true },',
             '  { name: "audio_length" data_type: TYPE_INT64 dims: [ 1 ] optional: true }',
             "]",
             'output [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]',
-            "instance_group [ { kind: KIND_CPU count: 1 } ]",
+            f"dynamic_batching {{ max_queue_delay_microseconds: {batching.pipeline_max_queue_delay_us} }}",
+            f"instance_group [ {{ kind: KIND_CPU count: {batching.pipeline_instance_count} }} ]",
             _params(
                 {
                     "acoustic_model": acoustic_name,
                     "acoustic_version": str(acoustic_version),
                     "acoustic_has_mask": "true" if has_mask else "false",
+                    "acoustic_max_batch_size": str(max_batch_size),
+                    "bucket_samples": ",".join(str(b) for b in buckets),
+                    "chunk_samples": str(batching.chunk_samples()),
+                    "chunk_stride_samples": str(round(batching.chunk_stride_s * SAMPLE_RATE)),
+                    "sample_rate": str(SAMPLE_RATE),
                 }
             ),
         ]
@@ -248,23 +315,51 @@ def read_manifest(root: Path, name: str, version: int) -> VersionManifest | None
 
 def write_pipeline(
     root: Path, name: str, model_dir: Path, acoustic_name: str, acoustic_version: int, has_mask: bool,
-    max_batch_size: int = 8,
+    max_batch_size: int = 8, batching: BatchingOptions | None = None,
 ) -> None:
-    """(Re)write the ``asr`` pipeline: model.py, ctc.json and config.pbtxt naming the serving version."""
+    """(Re)write the ``asr`` pipeline: model.py, ctc.json, chunking.py and config.pbtxt naming the serving version."""
     version_dir = root / name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(version_dir / "model.py", CTC_PIPELINE.read_text(encoding="utf-8"))
     write_text_atomic(version_dir / "ctc.json", json.dumps(ctc_info(model_dir), ensure_ascii=False, indent=1))
-    set_pipeline_version(root, name, acoustic_name, acoustic_version, has_mask, max_batch_size)
+    if CHUNKING_SOURCE.is_file():  # long-form path; without it the pipeline refuses over-long audio clearly
+        write_text_atomic(version_dir / "chunking.py", CHUNKING_SOURCE.read_text(encoding="utf-8"))
+    set_pipeline_version(root, name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching)
 
 
 def set_pipeline_version(
-    root: Path, name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int = 8
+    root: Path, name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int = 8,
+    batching: BatchingOptions | None = None,
 ) -> None:
     write_text_atomic(
         root / name / "config.pbtxt",
-        pipeline_config(name, acoustic_name, acoustic_version, has_mask, max_batch_size),
+        pipeline_config(name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching),
     )
+
+
+def _write_config(root: Path, name: str, config: Any) -> None:
+    from google.protobuf import text_format
+
+    write_text_atomic(root / name / "config.pbtxt", text_format.MessageToString(config, as_utf8=True))
+
+
+def set_serving_version(root: Path, pipeline: str, acoustic_version: int) -> None:
+    """Point an existing pipeline at ``acoustic_version``, keeping every other setting of its config."""
+    config = read_config(root, pipeline)
+    if config is None:
+        raise RepositoryError(f"no {pipeline} pipeline in {root}")
+    config.parameters["acoustic_version"].string_value = str(acoustic_version)
+    _write_config(root, pipeline, config)
+
+
+def set_live_versions(root: Path, name: str, versions: list[int]) -> None:
+    """Rewrite only the version policy of an existing acoustic config."""
+    config = read_config(root, name)
+    if config is None:
+        raise RepositoryError(f"no config.pbtxt for {name} in {root}")
+    del config.version_policy.specific.versions[:]
+    config.version_policy.specific.versions.extend(sorted(versions))
+    _write_config(root, name, config)
 
 
 def pipeline_ctc(root: Path, name: str) -> dict[str, Any] | None:

@@ -5,6 +5,12 @@ PYTHONPATH) and finds packages through the ``python3`` first on PATH (a venv's `
 built against numpy 1.x: with numpy 2 it silently corrupts tensors (wrong values, empty outputs). When the
 current environment has numpy >= 2, a small side venv is made once (numpy<2 in its own site-packages, then
 this environment's site-packages through a .pth file) and put first on the stub's PATH.
+
+Safety (issue #13): the server gets an allow-listed environment (no cloud or hub credentials), its model-control,
+config, shared-memory, trace and logging APIs need a per-run key (``asr_optimize.triton.auth``), and a small
+watchdog process kills the server's process group and removes its ``/tmp/tritonserver-*`` folder when the
+process that started it dies, even by SIGKILL. A server that exits during startup is reported with its exit
+code and log tail, not as a timeout.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -27,8 +35,47 @@ from types import TracebackType
 
 from asr_optimize.capabilities import find_tritonserver
 from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.triton import auth
 
 STUB_ENV_VAR = "ASR_OPTIMIZE_TRITON_STUB_ENV"
+WORK_DIR_PREFIX = "tritonserver-"
+OWNER_FILE = "owner.pid"
+ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "LD_LIBRARY_PATH",
+             "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DRIVER_CAPABILITIES", "CUDA_MODULE_LOADING",
+             "CUDA_HOME", "CUDA_PATH", "OMP_NUM_THREADS", "ORT_CUDA_GRAPH", STUB_ENV_VAR)
+ENV_ALLOW_PREFIXES = ("LC_",)
+"""Variables the server (and every python model it runs) may see; credentials (AWS_*, HF_TOKEN, PREFECT_API_KEY)
+never reach it. ``TritonServer(env_passthrough=[...])`` adds more by name."""
+
+_WATCHDOG = r"""
+import os, shutil, signal, sys, time
+pid, pgid, work_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+try:
+    sys.stdin.buffer.read()  # EOF: the owner closed the pipe or died
+except BaseException:
+    pass
+def alive():
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return b"tritonserver" in fh.read()
+    except OSError:
+        return False
+if alive():
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except OSError:
+        pass
+    deadline = time.monotonic() + 15
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+if work_dir:
+    shutil.rmtree(work_dir, ignore_errors=True)
+"""
 
 
 class TritonServerError(AsrOptimizeError):
@@ -93,10 +140,69 @@ def stub_python_env(cache_root: Path | None = None) -> Path | None:
     return env_dir
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_work_dirs(tmp_dir: Path | None = None) -> list[Path]:
+    """Remove ``tritonserver-*`` work folders whose owning process is gone (a SIGKILLed flow, a dead watchdog)."""
+    removed = []
+    for folder in Path(tmp_dir or tempfile.gettempdir()).glob(f"{WORK_DIR_PREFIX}*"):
+        owner = folder / OWNER_FILE
+        try:
+            pid = int(owner.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # not ours (no owner file) or being written: leave it
+        if not _pid_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def server_env(binary: str, passthrough: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The allow-listed environment for tritonserver: library path for the wheel, the stub's python first."""
+    allowed = set(ENV_ALLOW) | set(passthrough)
+    env = {k: v for k, v in os.environ.items() if k in allowed or k.startswith(ENV_ALLOW_PREFIXES)}
+    libs = []
+    wheel_libs = Path(binary).resolve().parents[3] / "nvidia_pytriton.libs"
+    if wheel_libs.is_dir():
+        libs.append(str(wheel_libs))
+    libdir = sysconfig.get_config_var("LIBDIR")
+    if libdir:
+        libs.append(str(libdir))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
+    paths = [str(Path(sys.executable).parent)]
+    stub_env = stub_python_env()
+    if stub_env is not None:
+        paths.insert(0, str(stub_env / "bin"))
+    env["PATH"] = os.pathsep.join([*paths, env.get("PATH", os.defpath)])
+    return env
+
+
+def reconcile_repository(repository: Path) -> list[str]:
+    """Undo swaps that died mid-way (see ``journal.reconcile``) before a server loads the repository."""
+    from asr_optimize.triton import journal
+
+    actions: list[str] = []
+    for path in sorted(Path(repository).glob(f"*/{journal.JOURNAL_NAME}")):
+        record = journal.read_journal(repository, path.parent.name)
+        if record is not None:
+            actions += journal.reconcile(repository, record.model_name, record.pipeline_name)
+    return actions
+
+
 class TritonServer:
     """A tritonserver process in explicit model-control mode on free loopback ports.
 
     ``with TritonServer(repo, load=["asr"]) as server: ... server.http_url`` (``host:port``, no scheme).
+    ``restricted=True`` (default) locks model control behind ``api_key``; clients in this package send it.
+    ``gpus``: None leaves CUDA_VISIBLE_DEVICES as it is; an empty string hides every GPU.
     """
 
     def __init__(
@@ -106,14 +212,23 @@ class TritonServer:
         work_dir: Path | None = None,
         binary: str | None = None,
         log_verbose: int = 0,
+        restricted: bool = True,
+        env_passthrough: list[str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.load = list(load or [])
         self.binary = binary or find_tritonserver()
         self._own_work_dir = work_dir is None
-        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tritonserver-"))
+        self.work_dir = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix=WORK_DIR_PREFIX))
         self.log_verbose = log_verbose
+        self.restricted = restricted
+        self.api_key = secrets.token_urlsafe(24) if restricted else None
+        self.env_passthrough = list(env_passthrough or [])
+        self.extra_args = list(extra_args or [])
         self.process: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self.reconciled: list[str] = []
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.log_path = self.work_dir / "tritonserver.log"
 
@@ -145,21 +260,33 @@ class TritonServer:
 
     def _env(self) -> dict[str, str]:
         assert self.binary is not None
-        env = dict(os.environ)
-        libs = []
-        wheel_libs = Path(self.binary).resolve().parents[3] / "nvidia_pytriton.libs"
-        if wheel_libs.is_dir():
-            libs.append(str(wheel_libs))
-        libdir = sysconfig.get_config_var("LIBDIR")
-        if libdir:
-            libs.append(str(libdir))
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(os.pathsep)
-        paths = [str(Path(sys.executable).parent)]
-        stub_env = stub_python_env()
-        if stub_env is not None:
-            paths.insert(0, str(stub_env / "bin"))
-        env["PATH"] = os.pathsep.join([*paths, env.get("PATH", "")])
-        return env
+        return server_env(self.binary, self.env_passthrough)
+
+    def client_env(self) -> dict[str, str]:
+        """Environment entries a child process needs to control this server (the restricted-API key)."""
+        return {auth.KEY_ENV: self.api_key} if self.api_key else {}
+
+    def _start_watchdog(self) -> None:
+        """A helper that outlives us only to kill the server's group and remove the work dir when we die."""
+        assert self.process is not None
+        work_dir = str(self.work_dir) if self._own_work_dir else ""
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-I", "-c", _WATCHDOG, str(self.process.pid), str(self.process.pid), work_dir],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+
+    def _stop_watchdog(self) -> None:
+        if self._watchdog is None:
+            return
+        with contextlib.suppress(OSError):
+            assert self._watchdog.stdin is not None
+            self._watchdog.stdin.close()
+        try:
+            self._watchdog.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._watchdog.kill()
+            self._watchdog.wait(timeout=5)
+        self._watchdog = None
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
         """Launch and wait until the server is live and the requested models are ready."""
@@ -167,7 +294,10 @@ class TritonServer:
             raise TritonServerError(
                 "tritonserver not found: install nvidia-pytriton==0.7.0 (pip install --no-deps) or put it on PATH"
             )
+        sweep_stale_work_dirs()
+        self.reconciled = reconcile_repository(self.repository)
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        (self.work_dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
         backends, env = self._backends(), self._env()
         for attempt in range(3):
             self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
@@ -176,29 +306,40 @@ class TritonServer:
                 "--model-control-mode=explicit", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}", "--exit-timeout-secs=10", f"--log-verbose={self.log_verbose}",
-                *[f"--load-model={m}" for m in self.load],
+                *(auth.server_flags(self.api_key) if self.api_key else []),
+                *[f"--load-model={m}" for m in self.load], *self.extra_args,
             ]
             log = self.log_path.open("ab")
             self.process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
             log.close()
-            if self._wait_ready(timeout_s):
+            self._start_watchdog()
+            state = self._wait_ready(timeout_s)
+            if state == "ready":
+                if self.api_key:
+                    auth.register(self.http_url, self.api_key)
+                    auth.register(self.grpc_url, self.api_key)
                 return self
-            in_use = "address already in use" in self.log_tail().lower()
+            tail = self.log_tail()
+            in_use = "address already in use" in tail.lower()
+            code = self.process.returncode if self.process is not None else None
             self.stop()
             if not in_use or attempt == 2:
-                break
-        raise TritonServerError(f"tritonserver did not become ready in {timeout_s:.0f} s:\n{self.log_tail()}")
+                if state == "exited":
+                    raise TritonServerError(f"tritonserver exited with code {code} during startup:\n{tail}")
+                raise TritonServerError(f"tritonserver did not become ready in {timeout_s:.0f} s:\n{tail}")
+        raise TritonServerError("tritonserver could not bind its ports after 3 attempts")
 
-    def _wait_ready(self, timeout_s: float) -> bool:
+    def _wait_ready(self, timeout_s: float) -> str:
+        """'ready', 'exited' (the process is gone: no point waiting) or 'timeout'."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
-                return False
+                return "exited"
             if self._get("/v2/health/live") and all(self._get(f"/v2/models/{m}/ready") for m in self.load):
-                return True
+                return "ready"
             time.sleep(0.2)
-        return False
+        return "timeout"
 
     def _get(self, path: str) -> bool:
         try:
@@ -210,24 +351,31 @@ class TritonServer:
     def log_tail(self, chars: int = 4000) -> str:
         if not self.log_path.is_file():
             return "(no log)"
-        return self.log_path.read_bytes()[-chars:].decode("utf-8", "replace")
+        return _redact(self.log_path.read_bytes()[-chars:].decode("utf-8", "replace"), self.api_key)
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout_s: float = 20.0) -> None:
-        """SIGTERM (Triton finishes in-flight requests), then SIGKILL if it hangs."""
+        """SIGTERM (Triton finishes in-flight requests), then SIGKILL of its whole group if it hangs."""
+        auth.unregister(self.http_url)
+        auth.unregister(self.grpc_url)
         if self.process is None:
+            self._stop_watchdog()
             return
         if self.process.poll() is None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                with contextlib.suppress(OSError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
+        with contextlib.suppress(OSError):  # python backend stubs left behind by a crashed server
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
+        self._stop_watchdog()
 
     def cleanup(self) -> None:
         self.stop()
@@ -243,10 +391,17 @@ class TritonServer:
         self.cleanup()
 
 
+def _redact(text: str, key: str | None) -> str:
+    """The log echoes the command line; never show the key in an error."""
+    return text.replace(key, "<redacted>") if key else text
+
+
 @contextlib.contextmanager
-def bundled_triton(repository: Path, load: list[str] | None = None, timeout_s: float = 120.0) -> Iterator[TritonServer]:
-    """Run the bundled tritonserver for the duration of a ``with`` block."""
-    server = TritonServer(repository, load=load)
+def bundled_triton(
+    repository: Path, load: list[str] | None = None, timeout_s: float = 120.0, **kwargs: object
+) -> Iterator[TritonServer]:
+    """Run the bundled tritonserver for the duration of a ``with`` block (kwargs go to ``TritonServer``)."""
+    server = TritonServer(repository, load=load, **kwargs)  # type: ignore[arg-type]
     try:
         yield server.start(timeout_s)
     finally:

@@ -1,20 +1,43 @@
 """Triton python-backend (BLS) model ``asr``: 16 kHz float audio in, Hindi text out.
 
-Normalizes each utterance (as the wav2vec2 feature extractor does), calls the acoustic model version named
-in the config parameter ``acoustic_version`` (a request parameter ``acoustic_version`` overrides it: the
-canary uses that), then CTC greedy decoding with the vocabulary in ``ctc.json``. Inputs: ``audio`` FP32
-[batch, samples], optional ``audio_length`` INT64 [batch, 1] for right-padded batches. Output: ``text`` BYTES
-[batch, 1], UTF-8. Same arithmetic as ``asr_optimize.audio.make_batch`` and ``asr_optimize.ctc.greedy_decode``.
+Per utterance: normalize (as the wav2vec2 feature extractor does, over the valid samples), pad to the smallest
+length bucket that holds it (config parameter ``bucket_samples``; padding is masked through ``attention_mask``),
+then all utterances of one ``execute`` call that share a bucket and acoustic version go to the acoustic model as one
+request (at most ``acoustic_max_batch_size`` rows), so Triton's dynamic batcher can merge them with other
+instances' requests of the same shape. Buckets run concurrently (``async_exec``). Only each utterance's valid
+frames are decoded (CTC greedy with ``ctc.json``). Utterances longer than the largest bucket are cut into
+overlapping windows by ``chunking.py`` (copied beside this file; numpy only), run as one batch, stitched, decoded.
+Silent utterances (peak below -80 dBFS) give empty text without running the model, as in-process transcription.
+
+The acoustic version comes from the config parameter ``acoustic_version``; a request parameter
+``acoustic_version`` overrides it (the canary uses that). Inputs: ``audio`` FP32 [batch, samples], optional
+``audio_length`` INT64 [batch, 1] for right-padded batches. Output: ``text`` BYTES [batch, 1], UTF-8.
+Same arithmetic as ``asr_optimize.transcribe`` (recording-level normalization, frame geometry, greedy decoding).
 """
 
+import asyncio
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 MIN_SAMPLES = 400
+SILENCE_PEAK = 1e-4
 SPECIAL_TOKENS = {"<s>", "</s>", "<unk>", "<pad>"}
+
+
+def _load_chunking(path):
+    if not path.is_file():
+        return None
+    name = "asr_pipeline_chunking"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 class TritonPythonModel:
@@ -24,32 +47,55 @@ class TritonPythonModel:
         self.acoustic = params["acoustic_model"]
         self.version = int(params["acoustic_version"])
         self.with_mask = params.get("acoustic_has_mask", "true") == "true"
-        ctc = json.loads((Path(args["model_repository"]) / args["model_version"] / "ctc.json").read_text("utf-8"))
+        self.max_rows = max(1, int(params.get("acoustic_max_batch_size") or 8))
+        self.buckets = sorted(int(b) for b in params.get("bucket_samples", "").split(",") if b.strip())
+        self.chunk_samples = int(params.get("chunk_samples") or 0)
+        self.stride_samples = int(params.get("chunk_stride_samples") or 0)
+        self.sample_rate = int(params.get("sample_rate") or 16000)
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        ctc = json.loads((version_dir / "ctc.json").read_text("utf-8"))
         self.tokens = ctc["tokens"]
         self.blank_id = int(ctc["blank_id"])
         self.delimiter = ctc.get("word_delimiter", "|")
         self.kernels = ctc["conv_kernel"]
         self.strides = ctc["conv_stride"]
         self.normalize = bool(ctc.get("do_normalize", True))
+        self.frame_samples = int(np.prod(self.strides))
+        receptive, jump = 1, 1
+        for kernel, stride in zip(self.kernels, self.strides, strict=True):
+            receptive += (kernel - 1) * jump
+            jump *= stride
+        self.receptive = receptive
+        self.chunking = _load_chunking(version_dir / "chunking.py")
 
-    def _frames(self, lengths):
-        out = np.asarray(lengths, dtype=np.int64)
+    # ------------------------------------------------------------------ arithmetic
+
+    def _frames(self, length):
+        out = int(length)
         for kernel, stride in zip(self.kernels, self.strides, strict=True):
             out = (out - kernel) // stride + 1
-        return np.maximum(out, 0)
+        return max(out, 0)
 
-    def _decode(self, logits, frames):
-        texts = []
-        for row, length in zip(logits.argmax(axis=-1), frames, strict=True):
-            path = row[: int(length)]
-            if path.size:
-                path = path[np.concatenate(([True], path[1:] != path[:-1]))]
-            pieces = [self.tokens[i] for i in path if i != self.blank_id]
-            text = "".join(" " if t == self.delimiter else t for t in pieces if t not in SPECIAL_TOKENS)
-            texts.append(" ".join(text.split()))
-        return texts
+    def _decode(self, logits):
+        path = logits.argmax(axis=-1)
+        if path.size:
+            path = path[np.concatenate(([True], path[1:] != path[:-1]))]
+        pieces = [self.tokens[i] for i in path if i != self.blank_id]
+        text = "".join(" " if t == self.delimiter else t for t in pieces if t not in SPECIAL_TOKENS)
+        return " ".join(text.split())
 
-    def _transcribe(self, request):
+    def _target(self, n):
+        """Padded length for an utterance of n samples; None when it needs the long-form path."""
+        if not self.buckets:
+            return n if (not self.chunk_samples or n <= self.chunk_samples or self.chunking is None) else None
+        for bucket in self.buckets:
+            if n <= bucket:
+                return bucket
+        return None
+
+    # ------------------------------------------------------------------ requests
+
+    def _parse(self, request):
         audio = pb_utils.get_input_tensor_by_name(request, "audio").as_numpy().astype(np.float32, copy=False)
         if audio.ndim != 2:
             raise ValueError(f"audio must be [batch, samples], got shape {audio.shape}")
@@ -63,38 +109,103 @@ class TritonPythonModel:
             raise ValueError(f"audio_length {lengths.tolist()} does not fit audio of shape {audio.shape}")
         if (lengths < MIN_SAMPLES).any():
             raise ValueError(f"utterances need at least {MIN_SAMPLES} samples (25 ms), got {lengths.tolist()}")
-        values = np.zeros(audio.shape, dtype=np.float32)
-        mask = np.zeros(audio.shape, dtype=np.int64)
+        waves = []
         for i, n in enumerate(lengths):
-            wave = audio[i, :n]
+            wave = audio[i, : int(n)]
             if not np.isfinite(wave).all():
                 raise ValueError(f"utterance {i} contains NaN or infinite samples")
-            if self.normalize:
-                wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
-            values[i, :n] = wave
-            mask[i, :n] = 1
+            waves.append(wave)
         version = self.version
         raw = request.parameters()
         if raw:
             version = int(json.loads(raw).get("acoustic_version", version))
-        inputs = [pb_utils.Tensor("input_values", values)]
-        if self.with_mask:
-            inputs.append(pb_utils.Tensor("attention_mask", mask))
-        response = pb_utils.InferenceRequest(
-            model_name=self.acoustic, model_version=version, requested_output_names=["logits"], inputs=inputs
-        ).exec()
-        if response.has_error():
-            raise RuntimeError(f"{self.acoustic} version {version}: {response.error().message()}")
-        logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
-        texts = self._decode(logits, self._frames(lengths))
-        return np.array([[t.encode("utf-8")] for t in texts], dtype=np.object_)
+        return waves, version
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
+    def _prepare(self, wave):
+        if self.normalize:
+            wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+        return wave.astype(np.float32, copy=False)
+
+    def _windows(self, n):
+        if self.chunking is None:
+            largest = self.buckets[-1] if self.buckets else self.chunk_samples
+            raise ValueError(
+                f"utterance of {n / self.sample_rate:.1f} s is longer than the largest bucket "
+                f"({largest / self.sample_rate:.1f} s) and long-form chunking (chunking.py) is not installed "
+                "in this pipeline; send shorter audio or redeploy the pipeline"
+            )
+        return self.chunking.plan_windows(
+            n, self.chunk_samples / self.sample_rate, self.stride_samples / self.sample_rate, self.sample_rate,
+            self.frame_samples, self.receptive,
+        )
+
+    async def _run(self, version, width, rows):
+        """rows: list of (wave, on_logits) sharing ``width``; one or more acoustic requests of <= max_rows."""
+        for start in range(0, len(rows), self.max_rows):
+            part = rows[start : start + self.max_rows]
+            values = np.zeros((len(part), width), dtype=np.float32)
+            mask = np.zeros((len(part), width), dtype=np.int64)
+            for i, (wave, _) in enumerate(part):
+                values[i, : wave.shape[0]] = wave
+                mask[i, : wave.shape[0]] = 1
+            inputs = [pb_utils.Tensor("input_values", values)]
+            if self.with_mask:
+                inputs.append(pb_utils.Tensor("attention_mask", mask))
+            response = await pb_utils.InferenceRequest(
+                model_name=self.acoustic, model_version=version, requested_output_names=["logits"], inputs=inputs
+            ).async_exec()
+            if response.has_error():
+                raise RuntimeError(f"{self.acoustic} version {version}: {response.error().message()}")
+            logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
+            for i, (wave, on_logits) in enumerate(part):
+                on_logits(logits[i, : self._frames(wave.shape[0])])
+
+    async def execute(self, requests):
+        texts = {}
+        errors = {}
+        groups = {}  # (version, width) -> [(wave, callback)]
+        owners = {}  # (version, width) -> request indexes that depend on the group
+        for r, request in enumerate(requests):
             try:
-                text = self._transcribe(request)
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text", text)]))
+                waves, version = self._parse(request)
+                texts[r] = [None] * len(waves)
+                for u, raw in enumerate(waves):
+                    if float(np.abs(raw).max()) < SILENCE_PEAK:
+                        texts[r][u] = ""
+                        continue
+                    wave = self._prepare(raw)
+                    target = self._target(wave.shape[0])
+                    if target is not None:
+                        def done(logits, r=r, u=u):
+                            texts[r][u] = self._decode(logits)
+
+                        groups.setdefault((version, target), []).append((wave, done))
+                        owners.setdefault((version, target), set()).add(r)
+                        continue
+                    windows = self._windows(wave.shape[0])
+                    parts = [None] * len(windows)
+                    width = max(w.end - w.start for w in windows)
+                    for k, window in enumerate(windows):
+                        def part_done(logits, r=r, u=u, k=k, parts=parts, windows=windows):
+                            parts[k] = logits
+                            if all(p is not None for p in parts):
+                                texts[r][u] = self._decode(self.chunking.stitch(parts, windows))
+
+                        groups.setdefault((version, width), []).append((wave[window.start : window.end], part_done))
+                        owners.setdefault((version, width), set()).add(r)
             except Exception as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                errors[r] = str(exc)
+        keys = list(groups)
+        results = await asyncio.gather(*(self._run(v, w, groups[(v, w)]) for v, w in keys), return_exceptions=True)
+        for key, result in zip(keys, results, strict=True):
+            if isinstance(result, BaseException):
+                for r in owners[key]:
+                    errors.setdefault(r, str(result))
+        responses = []
+        for r in range(len(requests)):
+            if r in errors:
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(errors[r])))
+                continue
+            text = np.array([[t.encode("utf-8")] for t in texts[r]], dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text", text)]))
         return responses
