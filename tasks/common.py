@@ -143,9 +143,13 @@ def run_cached_stage(
             metrics=metrics, timings={"build_seconds": seconds}, environment=runtime_environment(),
         )
         stored = store.put(scratch, manifest)
-    log.info("%s: built in %.1f s, stored at %s", stage, seconds, stored.location)
-    return StageResult(stage=stage, status="ok", artifact_dir=stored.local_dir, location=stored.location, key=key,
-                       metrics=metrics, seconds=seconds)
+    if stored.reused:  # another worker published the same key first: theirs is kept
+        log.info("%s: built in %.1f s, but an identical artifact was published meanwhile: reusing %s", stage,
+                 seconds, stored.location)
+    else:
+        log.info("%s: built in %.1f s, stored at %s", stage, seconds, stored.location)
+    return StageResult(stage=stage, status="cached" if stored.reused else "ok", artifact_dir=stored.local_dir,
+                       location=stored.location, key=key, metrics=metrics, seconds=seconds)
 
 
 def skipped(stage: str, reason: str, **output: Any) -> StageResult:

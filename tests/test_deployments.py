@@ -17,8 +17,8 @@ from tests.servers import VENV_BIN, prefect_server, stop_process
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-STAGE_TASKS = {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "benchmark",
-               "load-eval-set", "evaluate", "choose-candidate", "deploy-triton", "report"}
+STAGE_TASKS = {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "fused-engines",
+               "benchmark", "load-eval-set", "evaluate", "promote", "deploy-triton", "report"}
 
 
 def client_env(server: dict[str, str]) -> dict[str, str]:

@@ -45,8 +45,8 @@ def test_flow_runs_end_to_end_and_reuses_cache(server: dict[str, str], tiny_mode
     assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED"
     tasks = _api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
     names = {t["name"].rsplit("-", 1)[0] for t in tasks}
-    assert {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "benchmark",
-            "load-eval-set", "evaluate", "choose-candidate", "report"} <= names
+    assert {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "fused-engines",
+            "benchmark", "load-eval-set", "evaluate", "promote", "deploy-triton", "report"} <= names
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
     artifacts = {a["key"] for a in _api(server, "/artifacts/filter", {})}
     assert {"asr-optimize-report", "asr-optimize-benchmarks", "asr-optimize-stages"} <= artifacts
@@ -58,6 +58,10 @@ def test_flow_runs_end_to_end_and_reuses_cache(server: dict[str, str], tiny_mode
     for name in ("benchmarks.csv", "stages.csv", "profile_operators.csv", "benchmark_latency.png",
                  "benchmark_speedup.html"):
         assert (report_dirs[0] / name).is_file(), name
+    stages = (report_dirs[0] / "stages.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in stages[1:]] == [
+        "profile", "export", "optimize", "tensorrt", "fused-engine", "benchmark", "evaluate", "promote",
+        "deploy-triton", "report"]
     manifests = list(store.glob("artifacts/**/manifest.json"))
     assert {m.parent.parent.name for m in manifests} == {"profile", "export", "optimize"}
 

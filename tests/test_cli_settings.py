@@ -1,0 +1,73 @@
+"""The command line and the settings: defaults from one place, options files validated, bad input refused early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from asr_optimize.settings import Settings, get_settings
+from flows.cli import app, build_options, eval_source
+
+runner = CliRunner()
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ASR_OPTIMIZE_STORE", "s3://models/asr")
+    monkeypatch.setenv("ASR_OPTIMIZE_TRITON_REPOSITORY", str(tmp_path / "repo"))
+    settings = Settings()
+    assert settings.store == "s3://models/asr" and settings.triton_repository == tmp_path / "repo"
+    get_settings.cache_clear()
+    from tasks.deploy_triton import TritonOptions
+
+    assert TritonOptions().repository == tmp_path / "repo"  # the flow's default is the settings' value
+    get_settings.cache_clear()
+
+
+def test_options_file_sets_any_stage_option_and_flags_win(tmp_path: Path) -> None:
+    path = tmp_path / "opts.yaml"
+    path.write_text("benchmark:\n  iterations: 7\n  warmup: 0\nevaluate:\n  batch_size: 4\n"
+                    "triton:\n  enabled: false\n")
+    opts = build_options(path, {"benchmark.iterations": 9})
+    assert (opts.benchmark.iterations, opts.benchmark.warmup, opts.evaluate.batch_size) == (9, 0, 4)
+    assert opts.triton.enabled is False
+
+
+@pytest.mark.parametrize(("text", "field"), [
+    ("benchmark:\n  iterations: 0\n", "benchmark.iterations"),
+    ("benchmark:\n  cases: [{batch: 0, seconds: 1}]\n", "benchmark.cases.0.batch"),
+    ("nosuchstage:\n  x: 1\n", "nosuchstage"),
+])
+def test_bad_options_file_names_the_field(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "opts.yaml"
+    path.write_text(text)
+    with pytest.raises(typer.BadParameter, match=field.replace(".", r"\.")):
+        build_options(path, {})
+
+
+def test_options_file_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "opts.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(typer.BadParameter, match="mapping"):
+        build_options(path, {})
+
+
+@pytest.mark.parametrize("args", [["--bench-cases", "0x1"], ["--iterations", "0"], ["--bench-cases", "abc"]])
+def test_run_refuses_bad_benchmark_input_before_any_work(args: list[str]) -> None:
+    result = runner.invoke(app, ["run", *args])
+    assert result.exit_code == 2
+    assert "Invalid value" in result.output
+
+
+def test_bench_refuses_bad_cases() -> None:
+    result = runner.invoke(app, ["bench", "--cases", "1x0", "--device", "cpu"])
+    assert result.exit_code == 2 and "benchmark case '1x0'" in result.output
+
+
+def test_eval_source_forms() -> None:
+    assert eval_source("demo") == {"kind": "demo"}
+    assert eval_source("data/test.tsv") == {"kind": "manifest", "path": "data/test.tsv"}
+    assert eval_source("hf:mozilla/cv:hi:validation") == {
+        "kind": "hf", "dataset_id": "mozilla/cv", "config": "hi", "split": "validation"}
