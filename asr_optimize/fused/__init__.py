@@ -1,0 +1,1 @@
+"""The project's own fused inference engine for wav2vec2 CTC models (see ``asr_optimize.fused.engine``)."""

@@ -1,0 +1,220 @@
+"""Runner for the project's fused wav2vec2 CTC engine (``asr_optimize.fused``): fp32 on CPU, fp16 / fp8 on CUDA.
+
+Why CUDA graphs per length bucket: at 1 x 1 s the engine's ~150 kernels are launch-bound (eager PyTorch spends
+most of its wall time launching); one graph replay per call removes that. Inputs are padded up to the smallest
+bucket ``(batch, samples)`` that fits (or get a graph of their own exact shape when no buckets are configured),
+with the attention mask marking the padding, so a padded run gives the same valid logits as an unpadded one.
+Graphs of one runner share a memory pool: the returned logits are a view of the graph's output and stay valid
+until the next call of the same runner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from asr_optimize.fused.engine import (
+    FusedEngineOptions,
+    FusedModel,
+    build_fused_engine,
+    load_engine,
+    output_frames,
+)
+from asr_optimize.runners.base import Runner, RunnerUnavailable
+
+__all__ = ["FusedEngineOptions", "FusedRunner", "build_fused_engine", "fp8_support"]
+
+FP8_NEEDS = "needs CUDA compute capability >= 8.9 (Ada / Hopper) and a PyTorch with torch._scaled_mm"
+
+
+def fp8_support(device: str = "cuda") -> tuple[bool, str]:
+    """Whether e4m3 ``torch._scaled_mm`` can run here, and why not."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return False, f"{FP8_NEEDS}; device is {device!r}"
+    if not torch.cuda.is_available():
+        return False, f"{FP8_NEEDS}; CUDA is not available to PyTorch here"
+    cap = torch.cuda.get_device_capability()
+    if cap < (8, 9):
+        return False, f"{FP8_NEEDS}; this GPU is compute capability {cap[0]}.{cap[1]}"
+    if not hasattr(torch, "_scaled_mm") or not hasattr(torch, "float8_e4m3fn"):
+        return False, f"{FP8_NEEDS}; torch {torch.__version__} lacks it"
+    return True, "ok"
+
+
+def detect_fp8_mode(device: str = "cuda") -> tuple[str, Any]:
+    """The ``torch._scaled_mm`` flavour that works here: per-channel (rowwise) fp16, rowwise bf16, or per-tensor."""
+    import torch
+
+    a = torch.randn(32, 64, device=device).to(torch.float8_e4m3fn)
+    w = torch.randn(48, 64, device=device).to(torch.float8_e4m3fn)
+    errors = []
+    for mode, dtype in (("rowwise", torch.float16), ("rowwise", torch.bfloat16), ("tensorwise", torch.float16)):
+        bias = torch.zeros(48, device=device, dtype=dtype)
+        if mode == "rowwise":
+            sa, sb = torch.ones(32, 1, device=device), torch.ones(1, 48, device=device)
+        else:
+            sa, sb = torch.ones((), device=device), torch.ones((), device=device)
+        try:
+            torch._scaled_mm(a, w.t(), scale_a=sa, scale_b=sb, bias=bias, out_dtype=dtype)
+            torch.cuda.synchronize()
+            return mode, dtype
+        except (RuntimeError, NotImplementedError) as exc:
+            errors.append(f"{mode}/{dtype}: {str(exc).splitlines()[0]}")
+    raise RunnerUnavailable(f"torch._scaled_mm does not run here: {'; '.join(errors)}")
+
+
+@dataclass
+class _Graph:
+    graph: Any
+    x: Any
+    mask: Any
+    out: Any
+
+
+@dataclass
+class _Prepared:
+    x: Any
+    mask: Any
+    batch: int
+    frames: int
+    entry: _Graph | None
+
+
+class FusedRunner(Runner):
+    """The fused engine behind the common runner interface."""
+
+    backend = "fused"
+
+    def __init__(self, engine_dir: Path, device: str = "cuda", precision: str = "fp16", cuda_graphs: bool = True,
+                 buckets: list[tuple[int, int]] | None = None, use_triton: bool = True,
+                 gelu_epilogue: bool = False, group_norm_stats: str | None = None, **kw: Any) -> None:
+        import torch
+
+        if kw:
+            raise TypeError(f"FusedRunner: unknown options {sorted(kw)}")
+        self.torch = torch
+        device = "cuda" if str(device).startswith("cuda") else str(device)
+        if precision not in ("fp32", "fp16", "fp8"):
+            raise RunnerUnavailable(f"fused engine precision {precision!r}: expected fp32, fp16 or fp8")
+        if precision == "fp8":
+            ok, why = fp8_support(device)
+            if not ok:
+                raise RunnerUnavailable(why)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RunnerUnavailable("CUDA is not available to PyTorch on this machine")
+        if precision == "fp16" and device != "cuda":
+            raise RunnerUnavailable("the fused fp16 engine runs only on CUDA (use precision fp32 on CPU)")
+        meta, weights, fp8_tensors = load_engine(Path(engine_dir))
+        fp8 = None
+        dtype = torch.float32 if precision == "fp32" else torch.float16
+        self.fp8_mode = None
+        if precision == "fp8":
+            if fp8_tensors is None:
+                raise RunnerUnavailable(f"{engine_dir} was built without fp8 scales (build it with precision fp8)")
+            mode, out_dtype = detect_fp8_mode(device)
+            self.fp8_mode = f"{mode}/{str(out_dtype).removeprefix('torch.')}"
+            dtype = out_dtype
+            fp8 = {"mode": mode, "act_scales": meta["fp8"]["activation_scales"], "weights": fp8_tensors}
+        self.meta = meta
+        self.arch = meta["architecture"]
+        self.device = device
+        self.precision = precision
+        self.dtype = dtype
+        self.model = FusedModel(self.arch, weights, device, dtype, fp8=fp8, use_triton=use_triton,
+                                gelu_epilogue=gelu_epilogue,
+                                group_norm_stats=group_norm_stats or meta.get("group_norm_stats", "valid"))
+        del weights
+        self.cuda_graphs = cuda_graphs and device == "cuda"
+        self.buckets = sorted(tuple(b) for b in (buckets if buckets is not None else meta.get("buckets", [])))
+        self._graphs: dict[tuple[int, int, bool], _Graph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+
+    # -- shapes ------------------------------------------------------------------------------------------------
+    def _bucket(self, batch: int, samples: int) -> tuple[int, int]:
+        for b, s in self.buckets:
+            if b >= batch and s >= samples:
+                return b, s
+        return batch, samples
+
+    def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> _Prepared:
+        torch = self.torch
+        values = np.ascontiguousarray(input_values, dtype=np.float32)
+        batch, samples = values.shape
+        frames = output_frames(self.arch, samples)
+        if frames < 1:
+            raise ValueError(f"{samples} samples is shorter than one frame of this model")
+        if attention_mask is not None and attention_mask.all():
+            attention_mask = None
+        gb, gs = self._bucket(batch, samples)  # buckets apply without graphs too (same padding rule)
+        use_mask = attention_mask is not None or (gb, gs) != (batch, samples)
+        if (gb, gs) != (batch, samples):
+            padded = np.zeros((gb, gs), dtype=np.float32)
+            padded[:batch, :samples] = values
+            mask = np.zeros((gb, gs), dtype=np.int64)
+            mask[:batch, :samples] = 1 if attention_mask is None else attention_mask
+            mask[batch:] = 1  # filler rows: full length, so no row is all padding (no NaN from empty softmax)
+            values = padded
+            attention_mask = mask
+        x = torch.from_numpy(values).to(self.device, dtype=self.dtype)
+        m = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(self.device) if use_mask else None
+        entry = self._graph_for(gb, gs, use_mask, x, m) if self.cuda_graphs else None
+        return _Prepared(x=x, mask=m, batch=batch, frames=frames, entry=entry)
+
+    def _graph_for(self, batch: int, samples: int, use_mask: bool, x: Any, mask: Any) -> _Graph:
+        key = (batch, samples, use_mask)
+        entry = self._graphs.get(key)
+        if entry is not None:
+            return entry
+        torch = self.torch
+        sx, sm = x.clone(), (mask.clone() if mask is not None else None)
+        with torch.inference_mode():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # Triton JIT, cuBLAS heuristics and lazily made tensors happen outside capture
+                    self.model.forward(sx, sm)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self.model.forward(sx, sm)
+        entry = self._graphs[key] = _Graph(graph=graph, x=sx, mask=sm, out=out)
+        return entry
+
+    def run_prepared(self, prepared: _Prepared) -> Any:
+        torch = self.torch
+        entry = prepared.entry
+        if entry is not None:
+            entry.x.copy_(prepared.x)
+            if entry.mask is not None:
+                entry.mask.copy_(prepared.mask)
+            entry.graph.replay()
+            out = entry.out
+        else:
+            with torch.inference_mode():
+                out = self.model.forward(prepared.x, prepared.mask)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return out[: prepared.batch, : prepared.frames]  # drop filler rows and the bucket's extra frames
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        return output.float().cpu().numpy()
+
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory_mb(self) -> float | None:
+        if self.device == "cuda":
+            return self.torch.cuda.max_memory_allocated() / 2**20
+        return None
+
+    def close(self) -> None:
+        self._graphs.clear()
+        self.model = None
+        if self.device == "cuda":
+            self.torch.cuda.empty_cache()
