@@ -168,6 +168,82 @@ def bench(
     console.print(bench_md.read_text() if bench_md.is_file() else summary)
 
 
+def production_spec(store_spec: str, model: str, device: str) -> Any:
+    """The runner spec of the model's ``production`` artifact, from the store's pointer (what the flow promoted)."""
+    from asr_optimize.runners.registry import RunnerSpec
+    from asr_optimize.store import production_pointer, slugify_model
+    from blocks.model_store import open_store
+
+    pointer = open_store(store_spec).read_pointer(production_pointer(slugify_model(model)))
+    if not pointer or not pointer.get("candidate"):
+        raise AsrOptimizeError(f"no production artifact for {model} in {store_spec}: run `asr-optimize run` first")
+    kind, variant, rest = pointer["candidate"].split(":", 2)
+    precision, _, _ = rest.partition("@")
+    path = Path(pointer["artifact"])
+    if not path.exists():
+        raise AsrOptimizeError(f"production artifact {pointer.get('artifact_id')} is not on this machine ({path})")
+    options = {"cuda_graph": True} if "graphs" in variant and kind == "onnxruntime" and device == "cuda" else {}
+    return RunnerSpec(kind=kind, variant=variant, precision=precision, device=device, path=path, options=options)
+
+
+@app.command()
+def transcribe(
+    files: Annotated[list[Path], typer.Argument(help="audio files: WAV/FLAC/MP3/OGG, any rate or channel count")],
+    model: Annotated[str, typer.Option(help="model folder (vocabulary, config; the PyTorch reference by "
+                                            "default)")] = str(DEFAULT_MODEL),
+    production: Annotated[bool, typer.Option(help="run the store's production artifact for --model")] = False,
+    via: Annotated[str, typer.Option(help="local | triton (the served acoustic model at --triton-url)")] = "local",
+    triton_url: Annotated[str | None, typer.Option(help="Triton HTTP URL for --via triton")] = None,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    store: Annotated[str | None, typer.Option(help="model store for --production")] = None,
+    timestamps: Annotated[bool, typer.Option(help="word start/end times (20 ms CTC frames)")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the whole result as JSON")] = False,
+    chunk_s: Annotated[float | None, typer.Option(help="window length for long recordings (s)")] = None,
+    stride_s: Annotated[float | None, typer.Option(help="context each side of a window (s)")] = None,
+) -> None:
+    """Transcribe audio files of any length (long ones in overlapping windows) with a model or the served one."""
+    from asr_optimize.model_source import resolve_model
+    from asr_optimize.runners.base import RunnerUnavailable
+    from asr_optimize.runners.registry import RunnerSpec, baseline_spec, build_runner
+    from asr_optimize.transcribe import ChunkingOptions, transcribe_files_output
+
+    try:
+        chunking = ChunkingOptions(**{k: v for k, v in {"chunk_s": chunk_s, "stride_s": stride_s}.items()
+                                      if v is not None})
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc.errors()[0]["msg"])) from None
+    try:
+        resolved = resolve_model(model)
+        if via == "triton":
+            url = triton_url or get_settings().triton_url
+            if not url:
+                raise typer.BadParameter("--via triton needs --triton-url (or ASR_OPTIMIZE_TRITON_URL)")
+            spec = RunnerSpec(kind="triton", variant="wav2vec2_ctc", device="server", path=resolved.local_dir,
+                              options={"url": url})
+        elif via != "local":
+            raise typer.BadParameter(f"--via must be local or triton, not {via!r}")
+        elif production:
+            spec = production_spec(store or get_settings().store, resolved.source, device)
+        else:
+            spec = baseline_spec(resolved.local_dir, device)
+        runner = build_runner(spec)
+        try:
+            output = transcribe_files_output(files, resolved.local_dir, runner, model_label=resolved.source,
+                                             chunking=chunking, timestamps=timestamps)
+        finally:
+            runner.close()
+    except (AsrOptimizeError, RunnerUnavailable) as exc:
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from exc
+    if as_json:
+        print(output.model_dump_json(indent=2))
+        return
+    for item in output.files:
+        console.print(f"[bold]{item.path}[/] ({item.duration_s:.1f} s)")
+        print(item.text)
+        for word in item.words or []:
+            print(f"  {word.start_s:8.2f} {word.end_s:8.2f}  {word.word}")
+
+
 @app.command()
 def capabilities() -> None:
     """Print what this machine can run (GPU, ONNX Runtime providers, TensorRT, tritonserver)."""

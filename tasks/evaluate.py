@@ -20,14 +20,17 @@ from pydantic import BaseModel, Field
 from asr_optimize.eval_data import EvalSet, EvalSource, load_eval_set
 from asr_optimize.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.metrics import max_abs_logit_diff, transcript_parity, utterance_table, wer_cer
-from asr_optimize.runners.base import RunnerUnavailable, transcribe
+from asr_optimize.runners.base import RunnerUnavailable
 from asr_optimize.runners.registry import RunnerSpec, build_runner
+from asr_optimize.transcribe import ChunkingOptions, transcribe
 from tasks.common import StageResult, get_logger, retry_on_transient, stage_task
 
 
 class EvaluateOptions(BaseModel):
     source: EvalSource = Field(default_factory=lambda: EvalSource(kind="demo"))
     batch_size: int = Field(8, ge=1)
+    chunking: ChunkingOptions = Field(default_factory=ChunkingOptions)
+    """Utterances longer than ``chunking.chunk_s`` run in overlapping windows (long-form recordings)."""
     normalization: str = "vistaar"
     gate: GateThresholds = Field(default_factory=GateThresholds)
 
@@ -85,7 +88,7 @@ def evaluate_backends(specs: list[RunnerSpec], eval_set: EvalSet, model_dir: Pat
             log.warning("evaluate: %s skipped: %s", spec.label, exc)
             continue
         try:
-            texts, logits = transcribe(runner, waves, model_dir, batch_size=opts.batch_size)
+            texts, logits = transcribe(runner, waves, model_dir, batch_size=opts.batch_size, chunking=opts.chunking)
         except Exception as exc:  # a broken backend is reported and gated out, not fatal for the others
             results.append(BackendEvaluation(label=spec.label, status="failed", reason=f"{type(exc).__name__}: {exc}"))
             log.error("evaluate: %s failed: %s", spec.label, exc)
