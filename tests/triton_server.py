@@ -91,3 +91,37 @@ class ClientLoop:
     @property
     def outcomes(self) -> Counter[str]:
         return Counter(self.texts)
+
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "asr_optimize" / "assets" / "demo-model"
+
+
+def demo_canary(model_dir: Path, n: int = 6):
+    """The first ``n`` demo test utterances with PyTorch fp32 reference transcripts."""
+    from asr_optimize.eval_data import EvalSource, load_eval_set
+    from asr_optimize.runners.base import transcribe
+    from asr_optimize.runners.torch_runner import TorchRunner
+    from asr_optimize.triton.hotswap import CanarySet
+
+    utts = load_eval_set(EvalSource(max_samples=n)).utterances
+    waves = [u.audio for u in utts]
+    reference, _ = transcribe(TorchRunner(model_dir), waves, model_dir)
+    return CanarySet([u.id for u in utts], waves, reference, [u.text for u in utts])
+
+
+def wait_until(predicate, timeout_s: float = 20.0, step_s: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+"""Serving measurements against a running Triton: the load generator (``serve-bench``) and the reload soak."""
