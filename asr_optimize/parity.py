@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel
 
-from asr_optimize.metrics import max_abs_logit_diff
+from asr_optimize.metrics import ParityStats, max_abs_logit_diff, transcript_parity
 from asr_optimize.runners.base import Runner, transcribe
 
 
@@ -26,13 +25,10 @@ def parity_audio(count: int) -> list[np.ndarray]:
     return synthetic_audio(count, 1.5, seed=7)[: count - 1] + synthetic_audio(1, 2.3, seed=8)
 
 
-class ParityReport(BaseModel):
-    """How far a backend's logits and transcripts are from the reference."""
+class ParityReport(ParityStats):
+    """Transcript agreement (``ParityStats``, exact text) plus the logit differences and the pass verdict."""
 
-    utterances: int
-    max_abs_logit_diff: float
     mean_abs_logit_diff: float
-    identical_transcripts: float  # fraction of utterances with exactly the reference transcript
     passed: bool
     atol: float
 
@@ -54,8 +50,6 @@ def check_parity(
     ref_text, ref_logits = transcribe(reference, waves, model_dir, batch_size=batch_size)
     cand_text, cand_logits = transcribe(candidate, waves, model_dir, batch_size=batch_size)
     max_diff, mean_diff = compare_logits(ref_logits, cand_logits)
-    identical = sum(a == b for a, b in zip(ref_text, cand_text, strict=True)) / max(len(waves), 1)
-    return ParityReport(
-        utterances=len(waves), max_abs_logit_diff=max_diff, mean_abs_logit_diff=mean_diff,
-        identical_transcripts=identical, passed=max_diff <= atol and identical == 1.0, atol=atol,
-    )
+    stats = transcript_parity(ref_text, cand_text, normalize=False, max_abs_logit_diff=max_diff)
+    return ParityReport(**stats.model_dump(), mean_abs_logit_diff=mean_diff, atol=atol,
+                        passed=max_diff <= atol and stats.identical_fraction == 1.0)

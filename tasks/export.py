@@ -85,7 +85,7 @@ def export_onnx(model_dir: Path, out_dir: Path, opts: ExportOptions, parity_wave
     if not parity.passed:
         raise ParityError(
             f"ONNX export disagrees with PyTorch: max |logit diff| {parity.max_abs_logit_diff:.2e} "
-            f"(atol {opts.parity_atol:.0e}), identical transcripts {parity.identical_transcripts:.0%}"
+            f"(atol {opts.parity_atol:.0e}), identical transcripts {parity.identical_fraction:.0%}"
         )
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     return {
@@ -121,7 +121,7 @@ def export_stage(store: ArtifactStore, model: ResolvedModel, opts: ExportOptions
     )
     parity = result.metrics["parity"]
     get_logger().info("export: parity max |logit diff| %.2e, identical transcripts %.0f%%",
-                      parity["max_abs_logit_diff"], 100 * parity["identical_transcripts"])
+                      parity["max_abs_logit_diff"], 100 * parity["identical_fraction"])
     return result
 
 

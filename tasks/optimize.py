@@ -166,7 +166,7 @@ def optimize_stage(store: ArtifactStore, model: ResolvedModel, export: StageResu
         if precision in m:
             p = m[precision]["parity"]
             log.info("optimize: %s parity max |logit diff| %.3g, identical transcripts %.0f%%",
-                     precision, p["max_abs_logit_diff"], 100 * p["identical_transcripts"])
+                     precision, p["max_abs_logit_diff"], 100 * p["identical_fraction"])
     return result
 
 
