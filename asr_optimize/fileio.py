@@ -51,6 +51,12 @@ def safe_join(root: Path, relative: str) -> Path:
     return target
 
 
+def slugify(text: str, sep: str = "-") -> str:
+    """``text`` as one safe path segment / S3 key part: runs of other characters become ``sep``, never ``.``/``..``."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", sep, text.strip("/"))
+    return slug.lstrip(".-").rstrip("-") or "x"
+
+
 def check_pointer_name(name: str) -> str:
     """A pointer name is one plain file name (letters, digits, ``._-``; not starting with a dot)."""
     if not isinstance(name, str) or not POINTER_NAME.fullmatch(name):

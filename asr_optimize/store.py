@@ -27,7 +27,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import stat
 import time
@@ -49,6 +48,7 @@ from asr_optimize.fileio import (
     fsync_dir,
     new_dir,
     safe_join,
+    slugify,
     umask,
 )
 from asr_optimize.hashing import sha256_file
@@ -123,9 +123,8 @@ def slugify_model(model: str) -> str:
         with contextlib.suppress(OSError, RuntimeError):
             if Path(text).expanduser().exists():  # a local folder: its real location, however it was spelled
                 text = str(Path(text).expanduser().resolve())
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "--", text.strip("/"))[-80:]
-    slug = slug.lstrip(".-").rstrip("-")
-    return slug or "model"
+    slug = slugify(text, sep="--")[-80:].lstrip(".-")
+    return slug if slug not in ("", "x") else "model"
 
 
 def production_pointer(model_slug: str) -> str:

@@ -35,6 +35,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from asr_optimize.capabilities import Capabilities
 from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.fileio import slugify
 from asr_optimize.hashing import sha256_file
 from asr_optimize.io_spec import ONNX_NAME, SAMPLE_RATE
 from asr_optimize.model_source import ResolvedModel
@@ -321,13 +322,9 @@ def engine_params(opts: EngineOptions, precision: str, env: dict[str, str]) -> d
     return {**params, "precision": precision, **env}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "x"
-
-
 def timing_cache_pointer(env: dict[str, str]) -> str:
     """Store pointer naming the latest timing cache for this TensorRT version + GPU."""
-    return _slug(f"tensorrt-timing-cache--{env['tensorrt']}--{env['gpu']}--sm{env['compute_capability']}")
+    return slugify(f"tensorrt-timing-cache--{env['tensorrt']}--{env['gpu']}--sm{env['compute_capability']}")
 
 
 def fetch_timing_cache(store: ArtifactStore, env: dict[str, str], dest: Path) -> str | None:
@@ -345,7 +342,7 @@ def fetch_timing_cache(store: ArtifactStore, env: dict[str, str], dest: Path) ->
 def publish_timing_cache(store: ArtifactStore, model: ResolvedModel, env: dict[str, str], src: Path) -> str:
     """Store ``src`` as a content-addressed artifact and move this environment's pointer to it."""
     digest = sha256_file(src)
-    ref = ArtifactRef(model_slug="tensorrt-timing-cache", revision=_slug(f"{env['tensorrt']}-{env['gpu']}"),
+    ref = ArtifactRef(model_slug="tensorrt-timing-cache", revision=slugify(f"{env['tensorrt']}-{env['gpu']}"),
                       stage=TIMING_CACHE_STAGE, key=digest[:16])
     with store.staging() as scratch:
         shutil.copyfile(src, scratch / TIMING_CACHE_NAME)
