@@ -295,6 +295,7 @@ class TritonServer:
                 "tritonserver not found: install nvidia-pytriton==0.7.0 (pip install --no-deps) or put it on PATH"
             )
         sweep_stale_work_dirs()
+        self.repository.mkdir(parents=True, exist_ok=True)
         self.reconciled = reconcile_repository(self.repository)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
