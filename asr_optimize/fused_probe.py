@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip optional sections past this")
     parser.add_argument("--skip-hf32-big", action="store_true", help="skip HF fp32 at 16/64 x 10 s")
-    parser.add_argument("--variants", default="nograph,epilogue,notriton", help="extra fused fp16 variants")
+    parser.add_argument("--variants", default="noepilogue,flash,efficient,cudnn,fp8rows",
+                        help="extra fused variants: nograph, noepilogue, notriton, flash, efficient, cudnn, fp8rows")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile(freezing) of the forward")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -303,14 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     for variant in variants:
         if left() < 60:
             break
-        opts = {"nograph": {"cuda_graphs": False}, "epilogue": {"gelu_epilogue": True},
-                "notriton": {"use_triton": False}}[variant]
+        opts = {"nograph": {"cuda_graphs": False}, "noepilogue": {"gelu_epilogue": False},
+                "notriton": {"use_triton": False}, "flash": {"sdpa_backend": "flash"},
+                "efficient": {"sdpa_backend": "efficient"}, "cudnn": {"sdpa_backend": "cudnn"},
+                "fp8rows": {"fp8_min_rows": 1024}}[variant]
+        precision = "fp8" if variant == "fp8rows" else "fp16"
         try:
-            runner = FusedRunner(eng, device="cuda", precision="fp16", **opts)
-            timed(f"fused fp16 {variant}", runner, [(1, 1.0), (64, 10.0)])
+            runner = FusedRunner(eng, device="cuda", precision=precision, **opts)
+            timed(f"fused {precision} {variant}", runner, [(1, 1.0), (64, 10.0)])
             out = runner.infer(batch.input_values, batch.attention_mask)
             err = relative_error(out, ref, frames)
-            check_rows.append({"model": "replica", "runner": f"fused fp16 {variant}", **err})
+            check_rows.append({"model": "replica", "runner": f"fused {precision} {variant}", **err})
             runner.close()
         except Exception as exc:
             log(f"variant {variant} failed: {type(exc).__name__}: {exc}")
@@ -339,13 +343,16 @@ def main(argv: list[str] | None = None) -> int:
             prof_runner.close()
 
     # -- 6. torch.compile alternative (optional) -----------------------------------------------------------
-    if args.compile and "fp16" in runners and left() > 120:
+    if args.compile and "fp16" in runners and left() > 150:
         try:
+            import torch._inductor.config as inductor_config
+
+            inductor_config.freezing = True
             r = runners["fp16"]
             r._graphs.clear()
             model = r.model
             eager_forward = model.forward
-            model.forward = torch.compile(eager_forward, mode="max-autotune-no-cudagraphs", dynamic=False)
+            model.forward = torch.compile(eager_forward, dynamic=False)
             t0 = time.perf_counter()
             timed("fused fp16 + torch.compile", r, [(64, 10.0)])
             log(f"compile + timing took {time.perf_counter() - t0:.1f} s")

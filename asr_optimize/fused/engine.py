@@ -220,13 +220,17 @@ class FusedModel:
 
     def __init__(self, arch: dict[str, Any], weights: dict[str, torch.Tensor], device: str | torch.device,
                  dtype: torch.dtype, fp8: dict[str, Any] | None = None, use_triton: bool = True,
-                 gelu_epilogue: bool = False, group_norm_stats: str = "valid") -> None:
+                 gelu_epilogue: bool = False, group_norm_stats: str = "valid", sdpa_backend: str | None = None,
+                 fp8_min_rows: int = 0) -> None:
         self.arch = arch
         self.device = torch.device(device)
         self.dtype = dtype
         self.use_triton = use_triton and K.triton_usable(self.device)
         self.gelu_epilogue = gelu_epilogue and self.device.type == "cuda"
         self.group_norm_stats = group_norm_stats
+        self.sdpa_backends = _sdpa_backends(sdpa_backend)
+        self.fp8_min_rows = fp8_min_rows  # below this many rows (batch x frames) fp8 GEMMs lose to fp16 ones
+        self._fp8_on = False
         self.calib: dict[str, float] | None = None
         self.kernels, self.strides = arch["conv_kernel"], arch["conv_stride"]
         self._geo: dict[int, tuple[list[int], list[int]]] = {}
@@ -239,6 +243,7 @@ class FusedModel:
             w = weights[f"fe.{i}.w"]  # [C_out, C_in, k]
             if i == 0:
                 self.w["fe.0.w"] = dev(w[:, 0, :])
+                self.w["fe.0.wt"] = dev(w[:, 0, :].t())  # [k, C]: the Triton kernel reads it coalesced
             else:
                 wr = w.permute(0, 2, 1)  # [C_out, k, C_in]: a window of k rows of C_in channels, flattened
                 self.w[f"fe.{i}.blocks"] = [
@@ -279,7 +284,8 @@ class FusedModel:
                 self.fp8["w"][name] = w8.contiguous()
                 self.fp8["ws"][name] = ws
                 self.fp8["sa"][name] = torch.tensor(self.fp8["act"][name], device=self.device, dtype=torch.float32)
-                self.w.pop(f"{name}.w", None)  # the fp16 copy is not needed
+                if not self.fp8_min_rows:
+                    self.w.pop(f"{name}.w", None)  # the fp16 copy is only needed for small batches
 
     def _fp8_mm(self, x8: torch.Tensor, name: str, bias: torch.Tensor | None) -> torch.Tensor:
         fp8 = self.fp8
@@ -332,7 +338,8 @@ class FusedModel:
         eps = a["feat_norm_eps"]
         if a["feat_extract_norm"] == "layer":
             K.conv0_ln_gelu(x, self.w["fe.0.w"], self.w.get("fe.0.b"), self.w["fe.0.norm_w"], self.w["fe.0.norm_b"],
-                            eps, k0, s0, rows[0], use_triton=self.use_triton, out=h.view(batch, rows[0], c0))
+                            eps, k0, s0, rows[0], use_triton=self.use_triton, out=h.view(batch, rows[0], c0),
+                            weight_t=self.w["fe.0.wt"])
         else:
             cols = x.as_strided((batch, rows[0], k0), (x.stride(0), s0, 1))
             h3 = F.linear(cols, self.w["fe.0.w"], self.w.get("fe.0.b")).float()  # stats in fp32
@@ -380,6 +387,7 @@ class FusedModel:
         """Audio ``[B, S]`` (+ int mask, 1 = real sample) -> logits ``[B, frames, vocab]`` in the compute dtype."""
         a = self.arch
         batch, samples = x.shape
+        self._fp8_on = self.fp8 is not None and batch * self.geometry(samples)[0][-1] >= self.fp8_min_rows
         lens = mask.sum(1) if mask is not None else None
         feats = self.feature_encoder(x, lens)
         frames = self.geometry(samples)[0][-1]
@@ -413,8 +421,8 @@ class FusedModel:
             o = self._gemm(self._maybe_quant(att, f"{p}.out"), f"{p}.out")
             if stable:
                 h, y = self._ln_for(o, h, i, "up", store_sum=True)
-                u = self._gemm(y, f"{p}.up", gelu=self.fp8 is None)
-                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self.fp8 is not None), f"{p}.down")
+                u = self._gemm(y, f"{p}.up", gelu=not self._fp8_on)
+                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self._fp8_on), f"{p}.down")
                 if i + 1 < nl:
                     h, y = self._ln_for(f, h, i + 1, "qkv", store_sum=True)
                 else:
@@ -422,8 +430,8 @@ class FusedModel:
             else:
                 _, h = K.add_ln(o, h, None, self.w[f"{p}.ln1.w"], self.w[f"{p}.ln1.b"], eps,
                                 use_triton=self.use_triton)
-                u = self._gemm(self._maybe_quant(h, f"{p}.up"), f"{p}.up", gelu=self.fp8 is None)
-                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self.fp8 is not None), f"{p}.down")
+                u = self._gemm(self._maybe_quant(h, f"{p}.up"), f"{p}.up", gelu=not self._fp8_on)
+                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self._fp8_on), f"{p}.down")
                 _, h = K.add_ln(f, h, None, self.w[f"{p}.ln2.w"], self.w[f"{p}.ln2.b"], eps,
                                 use_triton=self.use_triton)
         final = y if stable else h
@@ -436,7 +444,7 @@ class FusedModel:
         """Pre-LN: residual add + LayerNorm (affine folded away) feeding ``layers.{layer}.{gemm}``; fp8 out if fp8."""
         name = f"layers.{layer}.{gemm}"
         inv = None
-        if self.fp8 is not None:
+        if self._fp8_on:
             inv = 1.0 / self.fp8["act"][name]
         summed, y = K.add_ln(x, residual, None, None, None, self.arch["layer_norm_eps"], store_sum=store_sum,
                              fp8_inv_scale=inv, use_triton=self.use_triton)
@@ -445,12 +453,12 @@ class FusedModel:
         return summed, y
 
     def _maybe_quant(self, x: torch.Tensor, name: str, gelu: bool = False) -> torch.Tensor:
-        if self.fp8 is None:
+        if not self._fp8_on:
             return x
         return K.quantize_fp8(x, 1.0 / self.fp8["act"][name], gelu=gelu, use_triton=self.use_triton)
 
     def _gemm(self, x: torch.Tensor, name: str, gelu: bool = False) -> torch.Tensor:
-        if self.fp8 is not None:
+        if self._fp8_on:
             return self._fp8_mm(x, name, self.w.get(f"{name}.b"))
         return self._linear(x, name, gelu=gelu)
 
@@ -458,8 +466,26 @@ class FusedModel:
         heads, dim = self.arch["num_heads"], self.arch["head_dim"]
         qkv5 = qkv.view(batch, frames, 3, heads, dim)
         q, k, v = (qkv5[:, :, j].transpose(1, 2) for j in range(3))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)  # 1/sqrt(d) is in Q
+        if self.sdpa_backends:
+            from torch.nn.attention import sdpa_kernel
+
+            with sdpa_kernel(self.sdpa_backends):
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)  # 1/sqrt(d) is in Q
         return out.transpose(1, 2).reshape(batch * frames, heads * dim)
+
+
+def _sdpa_backends(name: str | None) -> list[Any]:
+    """``F.scaled_dot_product_attention`` backends to allow (None: PyTorch's own choice)."""
+    if not name:
+        return []
+    from torch.nn.attention import SDPBackend
+
+    table = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
+             "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    # masked batches need a backend that takes a mask: the memory-efficient kernel is always allowed as well
+    return [table[name], SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,9 @@ kernels against the fallbacks.
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -37,8 +40,6 @@ except ImportError:  # pragma: no cover - depends on the machine
 
 def triton_usable(device: torch.device | str) -> bool:
     """Triton kernels run on CUDA tensors (or under TRITON_INTERPRET=1 for debugging)."""
-    import os
-
     if not HAVE_TRITON:
         return False
     return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
@@ -92,9 +93,13 @@ if HAVE_TRITON:
             y = tl.minimum(tl.maximum(y * inv_scale, -448.0), 448.0)
         tl.store(OUT + offs, y.to(OUT.dtype.element_ty), mask=mask)
 
+    @triton.autotune(
+        configs=[triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((16, 4), (32, 4), (32, 8), (64, 8))],
+        key=["n_cols", "size_class"],
+    )
     @triton.jit
     def _conv0_ln_gelu_kernel(
-        X, W, CB, LW, LB, OUT, n_frames, x_row_stride, n_cols, eps,
+        X, WT, CB, LW, LB, OUT, n_frames, x_row_stride, n_cols, eps, size_class,
         KSIZE: tl.constexpr, STRIDE: tl.constexpr, HAS_BIAS: tl.constexpr, NORM: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     ):
@@ -108,7 +113,7 @@ if HAVE_TRITON:
         xbase = X + b.to(tl.int64) * x_row_stride + frames * STRIDE
         for j in tl.static_range(KSIZE):
             xv = tl.load(xbase + j, mask=fmask, other=0.0).to(tl.float32)
-            wv = tl.load(W + cols * KSIZE + j, mask=cmask, other=0.0).to(tl.float32)
+            wv = tl.load(WT + j * n_cols + cols, mask=cmask, other=0.0).to(tl.float32)  # [k, C]: coalesced
             acc += xv[:, None] * wv[None, :]
         if HAS_BIAS:
             acc += tl.load(CB + cols, mask=cmask, other=0.0).to(tl.float32)[None, :]
@@ -124,9 +129,14 @@ if HAVE_TRITON:
         offs = (b.to(tl.int64) * n_frames + frames[:, None]) * n_cols + cols[None, :]
         tl.store(OUT + offs, acc.to(OUT.dtype.element_ty), mask=fmask[:, None] & cmask[None, :])
 
+    @triton.autotune(
+        configs=[triton.Config({"BLOCK_T": bt}, num_warps=w, num_stages=st)
+                 for bt, w, st in ((64, 4, 3), (128, 4, 3), (128, 8, 3), (64, 4, 4), (128, 8, 4))],
+        key=["n_cols", "size_class"],
+    )
     @triton.jit
     def _pos_conv_kernel(
-        X, WT, BIAS, LENS, OUT, n_frames, n_cols,
+        X, WT, BIAS, LENS, OUT, n_frames, n_cols, size_class,
         TAPS: tl.constexpr, CG: tl.constexpr, BLOCK_T: tl.constexpr, ADD_RESIDUAL: tl.constexpr,
     ):
         pid_t = tl.program_id(0)
@@ -162,6 +172,25 @@ if HAVE_TRITON:
             x = _gelu_tl(x)
         x = tl.minimum(tl.maximum(x * inv_scale, -448.0), 448.0)
         tl.store(OUT + offs, x.to(OUT.dtype.element_ty), mask=m)
+
+
+def _tuned(kernel: Any, interpret_config: dict[str, int]) -> Any:
+    """The autotuned kernel; under TRITON_INTERPRET=1 (CPU debugging, no autotuner) its function with a fixed config."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return kernel
+    fn = kernel.fn
+
+    class _Fixed:
+        def __getitem__(self, grid: Any) -> Any:
+            return lambda *args, **kw: fn[lambda meta: grid({**meta, **interpret_config})](
+                *args, **kw, **interpret_config)
+
+    return _Fixed()
+
+
+def size_class(rows: int) -> int:
+    """Autotuning key: one tuning per power of two of the row count, not per exact length."""
+    return max(int(rows), 1).bit_length()
 
 
 def _block_rows(n_cols: int) -> tuple[int, int]:
@@ -211,6 +240,7 @@ def add_ln(
 def conv0_ln_gelu(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ln_w: torch.Tensor, ln_b: torch.Tensor,
     eps: float, kernel: int, stride: int, n_frames: int, use_triton: bool = True, out: torch.Tensor | None = None,
+    weight_t: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """First conv (one input channel) + LayerNorm over channels + GELU, channels-last ``[B, n_frames, C]``.
 
@@ -221,12 +251,11 @@ def conv0_ln_gelu(
     if use_triton and triton_usable(x.device):
         if out is None:
             out = torch.empty((batch, n_frames, n_cols), device=x.device, dtype=x.dtype)
-        block_n = triton.next_power_of_2(n_cols)
-        block_m = max(1, min(32, 8192 // block_n))
-        _conv0_ln_gelu_kernel[(triton.cdiv(n_frames, block_m), batch)](
-            x, weight, bias if bias is not None else weight, ln_w, ln_b, out, n_frames, x.stride(0), n_cols, eps,
-            KSIZE=kernel, STRIDE=stride, HAS_BIAS=bias is not None, NORM=True,
-            BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4,
+        wt = weight_t if weight_t is not None else weight.t().contiguous()
+        _tuned(_conv0_ln_gelu_kernel, {"BLOCK_M": 32})[lambda meta: (triton.cdiv(n_frames, meta["BLOCK_M"]), batch)](
+            x, wt, bias if bias is not None else weight, ln_w, ln_b, out, n_frames, x.stride(0), n_cols, eps,
+            size_class(batch * n_frames), KSIZE=kernel, STRIDE=stride, HAS_BIAS=bias is not None, NORM=True,
+            BLOCK_N=triton.next_power_of_2(n_cols),
         )
         return out
     cols = x.as_strided((batch, n_frames, kernel), (x.stride(0), stride, 1))
@@ -253,10 +282,9 @@ def pos_conv(
             and (cg & (cg - 1)) == 0):
         lens = lengths if lengths is not None else torch.full((batch,), frames, device=x.device, dtype=torch.int32)
         out = torch.empty_like(x)
-        block_t = 64 if frames <= 4096 else 128
-        _pos_conv_kernel[(triton.cdiv(frames, block_t), groups, batch)](
-            x, weight_t, bias, lens, out, frames, channels,
-            TAPS=taps, CG=cg, BLOCK_T=block_t, ADD_RESIDUAL=add_residual, num_warps=4, num_stages=3,
+        _tuned(_pos_conv_kernel, {"BLOCK_T": 64})[lambda meta: (triton.cdiv(frames, meta["BLOCK_T"]), groups, batch)](
+            x, weight_t, bias, lens, out, frames, channels, size_class(batch * frames),
+            TAPS=taps, CG=cg, ADD_RESIDUAL=add_residual,
         )
         return out
     if lengths is not None:

@@ -27,6 +27,10 @@ from asr_optimize.runners.base import Runner, RunnerUnavailable
 
 __all__ = ["FusedEngineOptions", "FusedRunner", "build_fused_engine", "fp8_support"]
 
+FP8_MIN_ROWS = 0
+"""``fp8_min_rows``: below this many frames per call (batch x frames) the fp8 engine runs its GEMMs in fp16 (at
+1 x 1 s on the H100 the e4m3 GEMMs were slower: 1.48 vs 1.17 ms per call). Off by default: with it, a batch and
+its utterances run alone can take different precisions, and their transcripts need no longer be identical."""
 FP8_NEEDS = "needs CUDA compute capability >= 8.9 (Ada / Hopper) and a PyTorch with torch._scaled_mm"
 
 
@@ -86,13 +90,19 @@ class _Prepared:
 
 
 class FusedRunner(Runner):
-    """The fused engine behind the common runner interface."""
+    """The fused engine behind the common runner interface.
+
+    Options: ``cuda_graphs`` (CUDA only), ``buckets`` [(batch, samples)] (default: the engine's), ``use_triton``
+    (False: PyTorch ops for the fused kernels), ``gelu_epilogue`` (cuBLASLt bias+GELU on the FFN up GEMM, tanh
+    GELU; CUDA only), ``sdpa_backend`` (flash | cudnn | efficient | math), ``fp8_min_rows``, ``group_norm_stats``.
+    """
 
     backend = "fused"
 
     def __init__(self, engine_dir: Path, device: str = "cuda", precision: str = "fp16", cuda_graphs: bool = True,
                  buckets: list[tuple[int, int]] | None = None, use_triton: bool = True,
-                 gelu_epilogue: bool = False, group_norm_stats: str | None = None, **kw: Any) -> None:
+                 gelu_epilogue: bool = True, group_norm_stats: str | None = None, sdpa_backend: str | None = None,
+                 fp8_min_rows: int = FP8_MIN_ROWS, **kw: Any) -> None:
         import torch
 
         if kw:
@@ -126,7 +136,7 @@ class FusedRunner(Runner):
         self.precision = precision
         self.dtype = dtype
         self.model = FusedModel(self.arch, weights, device, dtype, fp8=fp8, use_triton=use_triton,
-                                gelu_epilogue=gelu_epilogue,
+                                gelu_epilogue=gelu_epilogue, sdpa_backend=sdpa_backend, fp8_min_rows=fp8_min_rows,
                                 group_norm_stats=group_norm_stats or meta.get("group_norm_stats", "valid"))
         del weights
         self.cuda_graphs = cuda_graphs and device == "cuda"
