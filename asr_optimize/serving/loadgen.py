@@ -163,8 +163,9 @@ class ServeBenchResult(BaseModel):
             x=alt.X("concurrency:O", title="concurrent requests"), y=alt.Y("ms:Q", title="server ms per request"),
             color=alt.Color("part:N", title="server time"), column=alt.Column("series:N", title=None),
         ).properties(width=120, height=200, title="Queue vs compute (Triton statistics)")
-        title = "Triton serve-bench" + (f": {self.label}" if self.label else "") + (" (speed only)"
-                                                                                 if self.speed_only else "")
+        title = "Triton serve-bench" + (f": {self.label}" if self.label else "")
+        if self.speed_only and "speed only" not in title:
+            title += " (speed only)"
         chart = alt.vconcat(alt.hconcat(speed, p99), parts).properties(title=title)
         return save_chart(chart, out_dir, name)
 
