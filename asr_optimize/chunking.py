@@ -23,11 +23,15 @@ and the up to ``S - 1`` trailing samples after the last full frame feed no frame
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Window", "num_frames", "plan_windows", "stitch"]
+__all__ = [
+    "Window", "gap_starts", "num_frames", "plan_speech_windows", "plan_windows", "silence_rows", "speech_regions",
+    "stitch",
+]
 
 DEFAULT_RECEPTIVE_SAMPLES = 400  # wav2vec2 / HuBERT / XLS-R feature encoder: kernels 10,3,3,3,3,2,2
 
@@ -113,11 +117,139 @@ def plan_windows(
         first += step
 
 
-def stitch(window_logits: list[np.ndarray], windows: list[Window]) -> np.ndarray:
+def speech_regions(
+    wave: np.ndarray,
+    sample_rate: int = 16000,
+    frame_samples: int = 320,
+    receptive_samples: int = DEFAULT_RECEPTIVE_SAMPLES,
+    min_silence_s: float = 0.3,
+    silence_db: float = -40.0,
+    pad_before_s: float = 0.0,
+    pad_after_s: float = 0.0,
+    floor: float = 1e-4,
+) -> list[tuple[int, int]]:
+    """Sample ranges ``[start, end)`` of the recording between silences of at least ``min_silence_s``.
+
+    Why: a CTC model trained on trimmed clips reads words into long silences and mis-hears speech that follows one
+    (demo model: 0.25 s of leading silence per utterance, WER 13.7% -> 19.0%), and fixed windows cannot avoid
+    them. A 20 ms hop is silent when its RMS is below ``silence_db`` under the recording's loud level (95th
+    percentile of hop RMS) or below ``floor``. Ranges start on frame boundaries (so their frames are recording
+    frames), keep ``pad_before_s`` / ``pad_after_s`` of silence before / after the speech, and end
+    ``receptive_samples - frame_samples`` samples past their last hop, so that hop gets its frame. No speech: ``[]``.
+    """
+    x = np.asarray(wave, dtype=np.float32).reshape(-1)
+    hops = x.size // frame_samples
+    if hops == 0:
+        return []
+    rms = np.empty(hops, dtype=np.float64)
+    block = 1 << 14
+    for first in range(0, hops, block):
+        part = x[first * frame_samples : min(hops, first + block) * frame_samples].astype(np.float64)
+        rms[first : first + block] = np.sqrt((part.reshape(-1, frame_samples) ** 2).mean(axis=1))
+    loud = rms[rms >= floor]
+    if loud.size == 0:
+        return []
+    threshold = max(floor, float(np.percentile(loud, 95)) * 10 ** (silence_db / 20))
+    speech = rms >= threshold
+    min_run = max(1, int(np.ceil(min_silence_s * sample_rate / frame_samples)))
+    before = round(pad_before_s * sample_rate / frame_samples)
+    after = round(pad_after_s * sample_rate / frame_samples)
+    # runs of silence: edges of the boolean array
+    padded = np.concatenate(([False], speech, [False]))
+    starts = np.flatnonzero(padded[1:-1] & ~padded[:-2])  # speech begins after silence
+    ends = np.flatnonzero(padded[1:-1] & ~padded[2:]) + 1  # speech ends before silence
+    regions: list[list[int]] = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        if regions and a - regions[-1][1] < min_run:  # the silence in between is too short to cut at
+            regions[-1][1] = b
+        else:
+            regions.append([a, b])
+    extra = receptive_samples - frame_samples
+    padded_regions: list[list[int]] = []
+    for a, b in regions:
+        a, b = max(0, a - before), min(hops, b + after)
+        if padded_regions and a <= padded_regions[-1][1]:  # the padding closed the gap: one region
+            padded_regions[-1][1] = b
+        else:
+            padded_regions.append([a, b])
+    out = []
+    for a, b in padded_regions:
+        start, end = a * frame_samples, min(x.size, b * frame_samples + extra)
+        if end - start >= receptive_samples:
+            out.append((start, end))
+    return out
+
+
+def plan_speech_windows(
+    wave: np.ndarray,
+    chunk_s: float,
+    stride_s: float,
+    sample_rate: int = 16000,
+    frame_samples: int = 320,
+    receptive_samples: int = DEFAULT_RECEPTIVE_SAMPLES,
+    min_silence_s: float = 0.3,
+    silence_db: float = -40.0,
+    pad_before_s: float = 0.0,
+    pad_after_s: float = 0.0,
+) -> list[Window]:
+    """``plan_windows`` over each ``speech_regions`` range: silences are cut out, long speech runs are windowed.
+
+    The windows' kept frames no longer tile the recording: pass ``total_frames`` and ``fill`` to ``stitch``, which
+    puts each kept frame at recording frame ``start // frame_samples + i`` and fills the silences with ``fill``.
+    """
+    windows: list[Window] = []
+    for start, end in speech_regions(
+        wave, sample_rate, frame_samples, receptive_samples, min_silence_s, silence_db, pad_before_s, pad_after_s
+    ):
+        for w in plan_windows(end - start, chunk_s, stride_s, sample_rate, frame_samples, receptive_samples):
+            windows.append(Window(start + w.start, start + w.end, w.keep_from, w.keep_to))
+    return windows
+
+
+def gap_starts(windows: list[Window], frame_samples: int = 320) -> list[int]:
+    """Recording frames where a skipped silence begins after kept frames (a word boundary belongs there)."""
+    spans = sorted((w.start // frame_samples + w.keep_from, w.start // frame_samples + w.keep_to) for w in windows)
+    return [end for (_, end), (nxt, _) in itertools.pairwise(spans) if nxt > end]
+
+
+def silence_rows(vocab_size: int, blank_id: int, delimiter_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logit rows for skipped silence: ``fill`` (a certain blank) and ``boundary`` (a certain word delimiter)."""
+    fill = np.full(vocab_size, -30.0, dtype=np.float32)
+    fill[blank_id] = 0.0
+    boundary = np.full(vocab_size, -30.0, dtype=np.float32)
+    boundary[delimiter_id] = 0.0
+    return fill, boundary
+
+
+def stitch(
+    window_logits: list[np.ndarray],
+    windows: list[Window],
+    total_frames: int | None = None,
+    fill: np.ndarray | None = None,
+    boundary: np.ndarray | None = None,
+    frame_samples: int = 320,
+) -> np.ndarray:
     """Concatenate the kept frames of each window's logits ``[frames, vocab]`` into ``[total_frames, vocab]``.
 
     Each window's logits may carry extra padding frames after its real ones (batched runs); they are never kept.
+    With ``total_frames`` (windows from ``plan_speech_windows``), kept frames are placed at their recording frame,
+    frames no window keeps get the ``fill`` row (a certain blank: frame times stay true), and the first frame of
+    each skipped silence gets the ``boundary`` row (a word delimiter), else the words around a cut would merge
+    (``silence_rows`` makes both).
     """
+    if total_frames is not None:
+        if fill is None:
+            raise ValueError("stitch with total_frames needs a fill row for the frames no window covers")
+        fill = np.asarray(fill, dtype=np.float32).reshape(-1)
+        out = np.empty((total_frames, fill.size), dtype=np.float32)
+        out[:] = fill
+        for logits, window in zip(window_logits, windows, strict=True):
+            first = window.start // frame_samples + window.keep_from
+            out[first : first + window.num_kept] = np.asarray(logits)[window.keep_from : window.keep_to]
+        if boundary is not None:
+            for frame in gap_starts(windows, frame_samples):
+                out[frame] = boundary
+        return out
     if len(window_logits) != len(windows):
         raise ValueError(f"{len(window_logits)} logit arrays for {len(windows)} windows")
     if not windows:

@@ -104,18 +104,28 @@ def _measure_one(args: argparse.Namespace) -> dict[str, object]:
     del base
     runner = build_runner(baseline_spec(args.model, args.device))
     opts = ChunkingOptions(chunk_s=args.chunk_s, stride_s=args.stride_s, batch_size=args.batch_size,
-                           normalization=args.normalization, enabled=not args.one_pass)
+                           normalization=args.normalization, enabled=not args.one_pass,
+                           split_on_silence=not args.no_split_on_silence, pad_after_s=args.pad_after_s,
+                           min_silence_s=args.min_silence_s)
     began = time.perf_counter()
     result = transcribe(runner, [recording.audio], args.model, chunking=opts)
     elapsed = time.perf_counter() - began
     rates = wer_cer([recording.text], result.texts)
     return {
-        "minutes": args.minutes[0], "mode": "one pass" if args.one_pass else "chunked", "chunk_s": args.chunk_s,
+        "minutes": args.minutes[0], "mode": _mode(args), "chunk_s": args.chunk_s,
         "stride_s": args.stride_s, "batch_size": args.batch_size, "normalization": args.normalization,
         "wer": rates.wer, "cer": rates.cer, "ref_words": rates.ref_words, "windows": result.windows[0],
         "time_s": elapsed, "audio_s": recording.duration_s, "peak_rss_mb": peak_rss_mb(),
         "hypothesis": result.texts[0], "utterance_ids": list(recording.utterance_ids),
     }
+
+
+def _mode(args: argparse.Namespace) -> str:
+    if args.one_pass:
+        return "one pass"
+    if args.no_split_on_silence:
+        return "fixed windows"
+    return f"silence-split (min {args.min_silence_s:g} s, pad after {args.pad_after_s:g} s) + windows"
 
 
 def _per_utterance_reference(model: Path, device: str) -> dict[str, str]:
@@ -145,7 +155,7 @@ def _table(rows: list[dict[str, object]]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure chunked transcription of 1/5/30-minute recordings, each length in a fresh process."""
-    from asr_optimize.transcribe import DEFAULT_CHUNK_S, DEFAULT_STRIDE_S, DEFAULT_WINDOW_BATCH
+    from asr_optimize.transcribe import DEFAULT_CHUNK_S, DEFAULT_STRIDE_S, DEFAULT_WINDOW_BATCH, ChunkingOptions
 
     parser = argparse.ArgumentParser(prog="python -m asr_optimize.longform", description=main.__doc__)
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 5.0, 30.0])
@@ -155,8 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-s", type=float, default=DEFAULT_CHUNK_S)
     parser.add_argument("--stride-s", type=float, default=DEFAULT_STRIDE_S)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_WINDOW_BATCH, help="windows per runner call")
-    parser.add_argument("--normalization", choices=["recording", "window"], default="recording")
+    parser.add_argument("--normalization", choices=["recording", "window"], default=ChunkingOptions().normalization)
     parser.add_argument("--one-pass", action="store_true", help="no chunking (the old behaviour), for comparison")
+    parser.add_argument("--no-split-on-silence", action="store_true", help="fixed overlapping windows only")
+    parser.add_argument("--min-silence-s", type=float, default=ChunkingOptions().min_silence_s)
+    parser.add_argument("--pad-after-s", type=float, default=ChunkingOptions().pad_after_s)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -171,7 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd = [sys.executable, "-m", "asr_optimize.longform", "--child", "--minutes", f"{minutes:g}",
                "--model", str(args.model), "--device", args.device, "--chunk-s", f"{args.chunk_s:g}",
                "--stride-s", f"{args.stride_s:g}", "--batch-size", str(args.batch_size),
-               "--normalization", args.normalization] + (["--one-pass"] if args.one_pass else [])
+               "--normalization", args.normalization, "--min-silence-s", f"{args.min_silence_s:g}",
+               "--pad-after-s", f"{args.pad_after_s:g}"] + (["--one-pass"] if args.one_pass else []) + (
+                   ["--no-split-on-silence"] if args.no_split_on_silence else [])
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
@@ -179,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row = json.loads(done.stdout.strip().splitlines()[-1])
         base = load_eval_set()
         refs = dict(zip(base.ids, base.texts, strict=True))
-        ids = row.pop("utterance_ids")
+        ids = row["utterance_ids"]
         joined_ref = " ".join(refs[i] for i in ids)
         row["per_utterance_wer"] = wer_cer([joined_ref], [" ".join(reference[i] for i in ids)]).wer
         row["utterances"] = len(ids)
@@ -187,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"longform-{minutes:g}min.json").write_text(json.dumps(row, ensure_ascii=False, indent=1))
         row.pop("hypothesis")
+        row.pop("utterance_ids")
         rows.append(row)
         print(f"{minutes:g} min: WER {100 * row['wer']:.2f}%  {row['time_s']:.1f} s  {row['peak_rss_mb']:.0f} MB",
               file=sys.stderr)
