@@ -107,11 +107,15 @@ def test_request_longer_than_largest_bucket(deployed) -> None:
     server, onnx, canary = deployed
     long_wave = np.concatenate([np.concatenate([w, np.zeros(4000, np.float32)]) for w in canary.waves])
     assert long_wave.size > 3 * 16000
-    _add_pipeline(server, "asr_small", repo_mod.BatchingOptions(buckets_s=[1.0, 2.0], chunk_s=2.0, chunk_stride_s=0.4))
+    for name, long_form in [("asr_small", ChunkingOptions(chunk_s=2.0, stride_s=0.4)),  # silence splitting
+                            ("asr_fixed", ChunkingOptions(chunk_s=2.0, stride_s=0.4, split_on_silence=False,
+                                                          normalization="recording"))]:
+        _add_pipeline(server, name, repo_mod.BatchingOptions(buckets_s=[1.0, 2.0], long_form=long_form))
+        text = _transcripts(server, [long_wave], name)
+        expected = transcribe(OrtRunner(onnx), [long_wave], DEMO_MODEL, chunking=long_form)
+        assert text[0] == expected.texts[0] and len(text[0].split()) >= 4, name
+        assert expected.windows[0] > 1
     text = _transcripts(server, [long_wave, canary.waves[0]], "asr_small")
-    expected = transcribe(OrtRunner(onnx), [long_wave], DEMO_MODEL, chunking=ChunkingOptions(chunk_s=2.0, stride_s=0.4))
-    assert text[0] == expected.texts[0] and len(text[0].split()) >= 4
-    assert expected.windows[0] > 1
     assert text[1] == canary.reference_transcripts[0]
 
     _add_pipeline(server, "asr_nochunk", repo_mod.BatchingOptions(buckets_s=[1.0, 2.0]), chunking=False)

@@ -2,7 +2,7 @@
 
 Batches larger than the model's ``max_batch_size`` are split into several requests and concatenated.
 Pin ``version`` to measure a specific deployed version (unversioned requests go to the highest loaded one).
-Calls carry the restricted-API key of the server (``asr_optimize.triton.auth``).
+It uses only APIs the bundled server leaves open (metadata, config, inference): no restricted-API key needed.
 """
 
 from __future__ import annotations
@@ -32,10 +32,8 @@ class TritonRunner(Runner):
         self.model_name = model_name
         self.version = "" if version is None else str(version)
         self.device, self.precision = device, precision
-        from asr_optimize.triton.auth import KeyedClient, http_headers
-
-        raw = httpclient.InferenceServerClient(self.url, connection_timeout=timeout_s, network_timeout=timeout_s)
-        self.client = KeyedClient(raw, http_headers(self.url))  # config/repository APIs need the per-run key
+        self.client = httpclient.InferenceServerClient(self.url, connection_timeout=timeout_s,
+                                                       network_timeout=timeout_s)
         try:
             metadata = self.client.get_model_metadata(model_name, self.version)
             config = self.client.get_model_config(model_name, self.version)

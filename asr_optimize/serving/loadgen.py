@@ -434,10 +434,15 @@ def serve_bench(
 ) -> ServeBenchResult:
     """Sweep ``opts.concurrency`` x ``opts.targets`` x ``opts.durations_s`` against Triton's gRPC ``url``.
 
+    The HTTP URL of a bundled server started in this process is accepted too (mapped to its gRPC port).
+
     ``waves``: 16 kHz utterances (default: the demo test set). ``out_dir``: also write CSV, markdown, JSON, charts.
     ``progress``: called with each ``LevelResult`` as it completes. Raises ``ConnectionError`` if Triton is down.
     """
+    from asr_optimize.triton.server import grpc_url_for
+
     opts = opts or ServeBenchOptions()
+    url = grpc_url_for(url) or url
     waves = waves if waves is not None else demo_audio()
     if not waves:
         raise ValueError("serve_bench needs at least one utterance")

@@ -1,10 +1,10 @@
-"""The per-run key that unlocks Triton's restricted APIs (model control, config, shared memory, trace, logging).
+"""The per-run key that unlocks Triton's restricted APIs (model repository/control, shared memory, trace, logging).
 
 Why: in explicit model-control mode anyone who can reach the server could ``POST /v2/repository/models/x/load``
 a python model and run code as the server's user (issue #13). The bundled server is started with
 ``--http-restricted-api`` / ``--grpc-restricted-protocol`` for those APIs and a fresh random key; every client
-in this package (hot-swap, health, the load generator, the Triton runner) sends it. Inference, health, metadata
-and statistics stay open so ordinary clients keep working.
+in this package (hot-swap, health, the load generator, the soak) sends it. Inference, health, metadata, model
+config (read-only) and statistics stay open so ordinary clients and the Triton runner keep working.
 
 Keys are found by URL: a server started in this process registers its key under its HTTP and gRPC addresses;
 for a server started elsewhere set ``ASR_OPTIMIZE_TRITON_API_KEY`` (a child process, e.g. a subprocess running a
@@ -23,8 +23,9 @@ KEY_ENV = "ASR_OPTIMIZE_TRITON_API_KEY"
 HEADER = "x-asr-optimize-key"
 GRPC_HEADER = f"triton-grpc-protocol-{HEADER}"
 """Triton's gRPC frontend expects restricted-protocol metadata under this prefixed name."""
-RESTRICTED = ("model-repository", "model-config", "shared-memory", "trace", "logging")
-"""Write-capable or file-touching APIs: load/unload, repository index, shared-memory regions, trace/log files."""
+RESTRICTED = ("model-repository", "shared-memory", "trace", "logging")
+"""Write-capable or file-touching APIs: load/unload (with config or file overrides), repository index, shared-memory
+regions (map host memory), trace and log settings (write files)."""
 
 _lock = threading.Lock()
 _keys: dict[str, str] = {}

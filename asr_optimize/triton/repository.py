@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, field_validator
 from asr_optimize.ctc import CtcVocabulary
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
+from asr_optimize.transcribe import ChunkingOptions
 from asr_optimize.triton.backends import CTC_PIPELINE, ORT_ACOUSTIC
 
 CHUNKING_SOURCE = Path(__file__).resolve().parents[1] / "chunking.py"
@@ -69,10 +70,9 @@ class BatchingOptions(BaseModel):
     cuda_graph_max_shapes: int = Field(8, ge=1)
     buckets_s: list[float] = Field(default_factory=lambda: [2.0, 5.0, 10.0, 20.0])
     """Pipeline length buckets in seconds (ascending); [] sends every utterance at its own length."""
-    chunk_s: float | None = None
-    """Long-form window length for utterances longer than the largest bucket (None: the largest bucket, 20 s)."""
-    chunk_stride_s: float = Field(2.0, ge=0)
-    """Context on each side of a long-form window whose frames are dropped when the windows are stitched."""
+    long_form: ChunkingOptions = Field(default_factory=ChunkingOptions)
+    """Utterances longer than the largest bucket: windows, silence splitting and normalization exactly as in-process
+    ``asr_optimize.transcribe`` (same ``ChunkingOptions``), run as one batch and stitched in the pipeline."""
     pipeline_instance_count: int = Field(1, ge=1)
     """``asr`` pipeline instances (CPU processes: normalization, padding, CTC decoding, BLS calls)."""
     pipeline_max_queue_delay_us: int = Field(500, ge=0)
@@ -86,10 +86,6 @@ class BatchingOptions(BaseModel):
 
     def bucket_samples(self, sample_rate: int = SAMPLE_RATE) -> list[int]:
         return [round(b * sample_rate) for b in self.buckets_s]
-
-    def chunk_samples(self, sample_rate: int = SAMPLE_RATE) -> int:
-        seconds = self.chunk_s or (self.buckets_s[-1] if self.buckets_s else 20.0)
-        return round(seconds * sample_rate)
 
 
 class VersionManifest(BaseModel):
@@ -225,8 +221,7 @@ def pipeline_config(
                     "acoustic_has_mask": "true" if has_mask else "false",
                     "acoustic_max_batch_size": str(max_batch_size),
                     "bucket_samples": ",".join(str(b) for b in buckets),
-                    "chunk_samples": str(batching.chunk_samples()),
-                    "chunk_stride_samples": str(round(batching.chunk_stride_s * SAMPLE_RATE)),
+                    "long_form": batching.long_form.model_dump_json().replace('"', "'"),
                     "sample_rate": str(SAMPLE_RATE),
                 }
             ),

@@ -78,6 +78,15 @@ if work_dir:
 """
 
 
+_RUNNING: dict[str, str] = {}
+"""HTTP address -> gRPC address of the servers this process started (the deploy stage only passes HTTP URLs)."""
+
+
+def grpc_url_for(http_url: str) -> str | None:
+    """The gRPC address of a bundled server started in this process, given its HTTP address."""
+    return _RUNNING.get(http_url.removeprefix("http://").rstrip("/"))
+
+
 class TritonServerError(AsrOptimizeError):
     """The bundled tritonserver is missing or failed to start; the message includes its log tail."""
 
@@ -320,6 +329,7 @@ class TritonServer:
                 if self.api_key:
                     auth.register(self.http_url, self.api_key)
                     auth.register(self.grpc_url, self.api_key)
+                _RUNNING[self.http_url] = self.grpc_url
                 return self
             tail = self.log_tail()
             in_use = "address already in use" in tail.lower()
@@ -362,6 +372,7 @@ class TritonServer:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL of its whole group if it hangs."""
         auth.unregister(self.http_url)
         auth.unregister(self.grpc_url)
+        _RUNNING.pop(self.http_url, None)
         if self.process is None:
             self._stop_watchdog()
             return

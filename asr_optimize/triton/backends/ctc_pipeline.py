@@ -6,7 +6,8 @@ then all utterances of one ``execute`` call that share a bucket and acoustic ver
 request (at most ``acoustic_max_batch_size`` rows), so Triton's dynamic batcher can merge them with other
 instances' requests of the same shape. Buckets run concurrently (``async_exec``). Only each utterance's valid
 frames are decoded (CTC greedy with ``ctc.json``). Utterances longer than the largest bucket are cut into
-overlapping windows by ``chunking.py`` (copied beside this file; numpy only), run as one batch, stitched, decoded.
+windows by ``chunking.py`` (copied beside this file; numpy only) with the deployment's ``ChunkingOptions`` (silence
+splitting, per-window or per-recording normalization), run as one batch, stitched, decoded: as in-process.
 Silent utterances (peak below -80 dBFS) give empty text without running the model, as in-process transcription.
 
 The acoustic version comes from the config parameter ``acoustic_version``; a request parameter
@@ -49,8 +50,7 @@ class TritonPythonModel:
         self.with_mask = params.get("acoustic_has_mask", "true") == "true"
         self.max_rows = max(1, int(params.get("acoustic_max_batch_size") or 8))
         self.buckets = sorted(int(b) for b in params.get("bucket_samples", "").split(",") if b.strip())
-        self.chunk_samples = int(params.get("chunk_samples") or 0)
-        self.stride_samples = int(params.get("chunk_stride_samples") or 0)
+        self.long_form = json.loads(params.get("long_form", "{}").replace("'", '"') or "{}")
         self.sample_rate = int(params.get("sample_rate") or 16000)
         version_dir = Path(args["model_repository"]) / args["model_version"]
         ctc = json.loads((version_dir / "ctc.json").read_text("utf-8"))
@@ -67,6 +67,7 @@ class TritonPythonModel:
             jump *= stride
         self.receptive = receptive
         self.chunking = _load_chunking(version_dir / "chunking.py")
+        self.delimiter_id = self.tokens.index(self.delimiter) if self.delimiter in self.tokens else self.blank_id
 
     # ------------------------------------------------------------------ arithmetic
 
@@ -86,11 +87,12 @@ class TritonPythonModel:
 
     def _target(self, n):
         """Padded length for an utterance of n samples; None when it needs the long-form path."""
-        if not self.buckets:
-            return n if (not self.chunk_samples or n <= self.chunk_samples or self.chunking is None) else None
         for bucket in self.buckets:
             if n <= bucket:
                 return bucket
+        chunk = float(self.long_form.get("chunk_s", 20.0)) * self.sample_rate
+        if not self.long_form.get("enabled", True) or n <= (self.buckets[-1] if self.buckets else chunk):
+            return n  # no buckets (or chunking off): its own length
         return None
 
     # ------------------------------------------------------------------ requests
@@ -126,18 +128,34 @@ class TritonPythonModel:
             wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
         return wave.astype(np.float32, copy=False)
 
-    def _windows(self, n):
+    def _windows(self, raw):
+        """Long-form windows of an utterance, planned exactly as ``asr_optimize.transcribe`` plans them."""
+        n = raw.shape[0]
+        opts = self.long_form
         if self.chunking is None:
-            largest = self.buckets[-1] if self.buckets else self.chunk_samples
+            largest = self.buckets[-1] if self.buckets else 0
             raise ValueError(
                 f"utterance of {n / self.sample_rate:.1f} s is longer than the largest bucket "
                 f"({largest / self.sample_rate:.1f} s) and long-form chunking (chunking.py) is not installed "
                 "in this pipeline; send shorter audio or redeploy the pipeline"
             )
-        return self.chunking.plan_windows(
-            n, self.chunk_samples / self.sample_rate, self.stride_samples / self.sample_rate, self.sample_rate,
-            self.frame_samples, self.receptive,
-        )
+        limit = float(opts.get("max_duration_s", 4 * 3600.0))
+        if n > limit * self.sample_rate:
+            raise ValueError(f"utterance of {n / self.sample_rate:.0f} s is longer than the limit max_duration_s="
+                             f"{limit:g} s; split it")
+        chunk_s, stride_s = float(opts.get("chunk_s", 20.0)), float(opts.get("stride_s", 2.0))
+        if opts.get("split_on_silence", False):
+            return self.chunking.plan_speech_windows(
+                raw, chunk_s, stride_s, self.sample_rate, self.frame_samples, self.receptive,
+                float(opts.get("min_silence_s", 0.2)), float(opts.get("silence_db", -40.0)),
+                float(opts.get("pad_before_s", 0.0)), float(opts.get("pad_after_s", 0.0)),
+            )
+        return self.chunking.plan_windows(n, chunk_s, stride_s, self.sample_rate, self.frame_samples, self.receptive)
+
+    def _stitch(self, parts, windows, n):
+        fill, boundary = self.chunking.silence_rows(len(self.tokens), self.blank_id, self.delimiter_id)
+        total = self.chunking.num_frames(n, self.frame_samples, self.receptive)
+        return self.chunking.stitch(parts, windows, total, fill, boundary, self.frame_samples)
 
     async def _run(self, version, width, rows):
         """rows: list of (wave, on_logits) sharing ``width``; one or more acoustic requests of <= max_rows."""
@@ -173,25 +191,31 @@ class TritonPythonModel:
                     if float(np.abs(raw).max()) < SILENCE_PEAK:
                         texts[r][u] = ""
                         continue
-                    wave = self._prepare(raw)
-                    target = self._target(wave.shape[0])
+                    target = self._target(raw.shape[0])
                     if target is not None:
                         def done(logits, r=r, u=u):
                             texts[r][u] = self._decode(logits)
 
-                        groups.setdefault((version, target), []).append((wave, done))
+                        groups.setdefault((version, target), []).append((self._prepare(raw), done))
                         owners.setdefault((version, target), set()).add(r)
                         continue
-                    windows = self._windows(wave.shape[0])
+                    windows = self._windows(raw)
+                    if not windows:  # nothing but silence
+                        texts[r][u] = ""
+                        continue
+                    per_window = self.long_form.get("normalization", "window") == "window"
+                    whole = None if per_window else self._prepare(raw)
                     parts = [None] * len(windows)
-                    width = max(w.end - w.start for w in windows)
+                    width = max(w.end - w.start for w in windows)  # all windows of a recording: one batch
                     for k, window in enumerate(windows):
-                        def part_done(logits, r=r, u=u, k=k, parts=parts, windows=windows):
+                        def part_done(logits, r=r, u=u, k=k, parts=parts, windows=windows, n=raw.shape[0]):
                             parts[k] = logits
                             if all(p is not None for p in parts):
-                                texts[r][u] = self._decode(self.chunking.stitch(parts, windows))
+                                texts[r][u] = self._decode(self._stitch(parts, windows, n))
 
-                        groups.setdefault((version, width), []).append((wave[window.start : window.end], part_done))
+                        piece = (self._prepare(raw[window.start : window.end]) if per_window
+                                 else whole[window.start : window.end])
+                        groups.setdefault((version, width), []).append((piece, part_done))
                         owners.setdefault((version, width), set()).add(r)
             except Exception as exc:
                 errors[r] = str(exc)
