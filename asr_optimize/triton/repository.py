@@ -185,7 +185,7 @@ def acoustic_config(
         params = {"intra_op_threads": str(batching.intra_op_threads),
                   "io_binding": str(batching.io_binding).lower(), "cuda_graphs": str(batching.cuda_graphs).lower(),
                   "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes)}
-        if group_kind == "KIND_GPU":  # let GPU-resident inputs arrive as GPU tensors (DLPack, no host copy)
+        if group_kind == "KIND_GPU" and batching.io_binding:  # GPU-resident inputs stay there (DLPack)
             params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
         lines.append(_params(params))
     return "\n".join(lines) + "\n"

@@ -44,6 +44,7 @@ class TritonPythonModel:
                 f"environment; this onnxruntime {ort.__version__} offers {ort.get_available_providers()}"
             )
         self.on_gpu = wants_gpu
+        self.device_type = "cuda"  # OrtValue / binding device of a GPU instance
         if self.on_gpu and hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the nvidia-* wheels when not on the library path
         self.io_binding = self.on_gpu and params.get("io_binding", "true") == "true"
@@ -63,7 +64,7 @@ class TritonPythonModel:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
-        if self.on_gpu:
+        if self.on_gpu and self.device_type == "cuda":
             cuda = {"device_id": self.device_id}
             if fixed_shape is not None:
                 cuda["enable_cuda_graph"] = "1"
@@ -94,7 +95,10 @@ class TritonPythonModel:
 
     def _array(self, tensor, dtype):
         if self.io_binding and not tensor.is_cpu() and hasattr(ort.OrtValue, "from_dlpack"):
-            return _Gpu(ort.OrtValue.from_dlpack(tensor.to_dlpack(), False))
+            try:
+                return _Gpu(ort.OrtValue.from_dlpack(tensor))  # onnxruntime >= 1.2x: any __dlpack__ object
+            except TypeError:
+                return _Gpu(ort.OrtValue.from_dlpack(tensor.to_dlpack(), False))  # older: capsule + bool flag
         return _Host(tensor.as_numpy().astype(dtype, copy=False))
 
     # ------------------------------------------------------------------ running
@@ -114,8 +118,8 @@ class TritonPythonModel:
             return self.session.run(["logits"], batch)[0]
         binding = self.session.io_binding()
         for name, array in batch.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id))
-        binding.bind_output("logits", "cuda", self.device_id)
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, self.device_type, self.device_id))
+        binding.bind_output("logits", self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
@@ -132,9 +136,10 @@ class TritonPythonModel:
             binding = session.io_binding()
             inputs = {}
             for name, array in batch.items():
-                inputs[name] = ort.OrtValue.ortvalue_from_numpy(array, "cuda", self.device_id)
+                inputs[name] = ort.OrtValue.ortvalue_from_numpy(array, self.device_type, self.device_id)
                 binding.bind_ortvalue_input(name, inputs[name])
-            output = ort.OrtValue.ortvalue_from_shape_and_type(logits_shape, np.float32, "cuda", self.device_id)
+            output = ort.OrtValue.ortvalue_from_shape_and_type(logits_shape, np.float32, self.device_type,
+                                                               self.device_id)
             binding.bind_ortvalue_output("logits", output)
             session.run_with_iobinding(binding)  # the first run captures the graph
             self.graphs[key] = (session, binding, inputs, output)
@@ -152,8 +157,9 @@ class TritonPythonModel:
             if isinstance(value, _Gpu):
                 binding.bind_ortvalue_input(name, value.value)
             else:
-                binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value.array, "cuda", self.device_id))
-        binding.bind_output("logits", "cuda", self.device_id)
+                device_value = ort.OrtValue.ortvalue_from_numpy(value.array, self.device_type, self.device_id)
+                binding.bind_ortvalue_input(name, device_value)
+        binding.bind_output("logits", self.device_type, self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
