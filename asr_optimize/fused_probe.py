@@ -161,8 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip optional sections past this")
     parser.add_argument("--skip-hf32-big", action="store_true", help="skip HF fp32 at 16/64 x 10 s")
-    parser.add_argument("--variants", default="noepilogue,flash,efficient,cudnn,fp8rows",
-                        help="extra fused variants: nograph, noepilogue, notriton, flash, efficient, cudnn, fp8rows")
+    parser.add_argument("--variants", default="exactgelu,fp8exactgelu",
+                        help="extra fused variants: nograph, noepilogue, notriton, flash, efficient, cudnn, fp8rows, "
+                        "exactgelu, fp8exactgelu")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile(freezing) of the forward")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -307,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         opts = {"nograph": {"cuda_graphs": False}, "noepilogue": {"gelu_epilogue": False},
                 "notriton": {"use_triton": False}, "flash": {"sdpa_backend": "flash"},
                 "efficient": {"sdpa_backend": "efficient"}, "cudnn": {"sdpa_backend": "cudnn"},
-                "fp8rows": {"fp8_min_rows": 1024}}[variant]
-        precision = "fp8" if variant == "fp8rows" else "fp16"
+                "fp8rows": {"fp8_min_rows": 1024}, "exactgelu": {"fast_gelu": False, "gelu_epilogue": False},
+                "fp8exactgelu": {"fast_gelu": False}}[variant]
+        precision = "fp8" if variant.startswith("fp8") else "fp16"
         try:
             runner = FusedRunner(eng, device="cuda", precision=precision, **opts)
             timed(f"fused {precision} {variant}", runner, [(1, 1.0), (64, 10.0)])

@@ -221,12 +221,13 @@ class FusedModel:
     def __init__(self, arch: dict[str, Any], weights: dict[str, torch.Tensor], device: str | torch.device,
                  dtype: torch.dtype, fp8: dict[str, Any] | None = None, use_triton: bool = True,
                  gelu_epilogue: bool = False, group_norm_stats: str = "valid", sdpa_backend: str | None = None,
-                 fp8_min_rows: int = 0) -> None:
+                 fp8_min_rows: int = 0, fast_gelu: bool = False) -> None:
         self.arch = arch
         self.device = torch.device(device)
         self.dtype = dtype
         self.use_triton = use_triton and K.triton_usable(self.device)
         self.gelu_epilogue = gelu_epilogue and self.device.type == "cuda"
+        self.fast_gelu = fast_gelu and self.use_triton  # tanh-form GELU in the Triton kernels (the fallbacks: erf)
         self.group_norm_stats = group_norm_stats
         self.sdpa_backends = _sdpa_backends(sdpa_backend)
         self.fp8_min_rows = fp8_min_rows  # below this many rows (batch x frames) fp8 GEMMs lose to fp16 ones
@@ -339,7 +340,7 @@ class FusedModel:
         if a["feat_extract_norm"] == "layer":
             K.conv0_ln_gelu(x, self.w["fe.0.w"], self.w.get("fe.0.b"), self.w["fe.0.norm_w"], self.w["fe.0.norm_b"],
                             eps, k0, s0, rows[0], use_triton=self.use_triton, out=h.view(batch, rows[0], c0),
-                            weight_t=self.w["fe.0.wt"])
+                            weight_t=self.w["fe.0.wt"], fast_gelu=self.fast_gelu)
         else:
             cols = x.as_strided((batch, rows[0], k0), (x.stride(0), s0, 1))
             h3 = F.linear(cols, self.w["fe.0.w"], self.w.get("fe.0.b")).float()  # stats in fp32
@@ -373,7 +374,7 @@ class FusedModel:
                     out.addmm_(view, wm.t())
             if a["feat_extract_norm"] == "layer":
                 K.add_ln(out, None, None, self.w[f"fe.{i}.norm_w"], self.w[f"fe.{i}.norm_b"], eps, gelu=True,
-                         use_triton=self.use_triton, out=out)
+                         use_triton=self.use_triton, out=out, fast_gelu=self.fast_gelu)
             else:
                 torch.ops.aten.gelu_(out)
             buf = nbuf
@@ -455,7 +456,8 @@ class FusedModel:
     def _maybe_quant(self, x: torch.Tensor, name: str, gelu: bool = False) -> torch.Tensor:
         if not self._fp8_on:
             return x
-        return K.quantize_fp8(x, 1.0 / self.fp8["act"][name], gelu=gelu, use_triton=self.use_triton)
+        return K.quantize_fp8(x, 1.0 / self.fp8["act"][name], gelu=gelu, use_triton=self.use_triton,
+                              fast_gelu=self.fast_gelu)
 
     def _gemm(self, x: torch.Tensor, name: str, gelu: bool = False) -> torch.Tensor:
         if self._fp8_on:

@@ -94,7 +94,8 @@ class FusedRunner(Runner):
 
     Options: ``cuda_graphs`` (CUDA only), ``buckets`` [(batch, samples)] (default: the engine's), ``use_triton``
     (False: PyTorch ops for the fused kernels), ``gelu_epilogue`` (cuBLASLt bias+GELU on the FFN up GEMM, tanh
-    GELU; CUDA only), ``sdpa_backend`` (flash | cudnn | efficient | math), ``fp8_min_rows``, ``group_norm_stats``.
+    GELU; CUDA only), ``fast_gelu`` (the same tanh-form GELU inside the Triton kernels: feature encoder, fp8
+    quantize), ``sdpa_backend`` (flash | cudnn | efficient | math), ``fp8_min_rows``, ``group_norm_stats``.
     """
 
     backend = "fused"
@@ -102,7 +103,7 @@ class FusedRunner(Runner):
     def __init__(self, engine_dir: Path, device: str = "cuda", precision: str = "fp16", cuda_graphs: bool = True,
                  buckets: list[tuple[int, int]] | None = None, use_triton: bool = True,
                  gelu_epilogue: bool = True, group_norm_stats: str | None = None, sdpa_backend: str | None = None,
-                 fp8_min_rows: int = FP8_MIN_ROWS, **kw: Any) -> None:
+                 fp8_min_rows: int = FP8_MIN_ROWS, fast_gelu: bool = True, **kw: Any) -> None:
         import torch
 
         if kw:
@@ -137,6 +138,7 @@ class FusedRunner(Runner):
         self.dtype = dtype
         self.model = FusedModel(self.arch, weights, device, dtype, fp8=fp8, use_triton=use_triton,
                                 gelu_epilogue=gelu_epilogue, sdpa_backend=sdpa_backend, fp8_min_rows=fp8_min_rows,
+                                fast_gelu=fast_gelu,
                                 group_norm_stats=group_norm_stats or meta.get("group_norm_stats", "valid"))
         del weights
         self.cuda_graphs = cuda_graphs and device == "cuda"
