@@ -31,7 +31,7 @@ from tasks.backends import pipeline_runner_specs
 from tasks.benchmark import BenchmarkOptions, benchmark_task
 from tasks.common import StageResult, get_logger, on_device
 from tasks.deploy_triton import STAGE as DEPLOY_STAGE
-from tasks.deploy_triton import TritonOptions, deploy_task
+from tasks.deploy_triton import TritonOptions, deploy_task, servable_kinds
 from tasks.evaluate import EvaluateOptions, evaluate_task, load_eval_task
 from tasks.export import ExportOptions, export_task
 from tasks.fused_build import FusedBuildOptions, fused_task
@@ -157,7 +157,8 @@ def asr_optimize_flow(
     specs = pipeline_runner_specs(resolved, export, optimized, engines, caps, dev, fused)
     benchmark = on_device(benchmark_task, dev)(specs, opts.benchmark, report_dir)
     evaluation = on_device(evaluate_task, dev)(specs, eval_set, resolved.local_dir, opts.evaluate, report_dir)
-    promotion = promote_task(specs, evaluation, benchmark, artifact_store, dev, resolved.source, opts.evaluate.gate)
+    promotion = promote_task(specs, evaluation, benchmark, artifact_store, dev, resolved.source, opts.evaluate.gate,
+                             servable_kinds(triton_opts))
     deployment = deploy_or_failed(promotion, eval_set, resolved, caps, triton_opts)
     decision = promotion.output
     if decision is not None and decision.promoted and deployment.status in ("ok", "skipped"):

@@ -133,6 +133,17 @@ def health_check(
     return result, report
 
 
+def servable_kinds(opts: TritonOptions) -> set[str] | None:
+    """Runner kinds whose artifacts the configured Triton can serve (None when deployment is off: no constraint).
+
+    The bundled tritonserver has the python backend only, which serves ONNX through ONNX Runtime; a Triton URL
+    (the NGC image) also serves TensorRT plans. The fused engines have no Triton backend yet.
+    """
+    if not opts.enabled:
+        return None
+    return {"onnxruntime"} if opts.url is None else {"onnxruntime", "tensorrt"}
+
+
 def deploy_stage(promotion: StageResult[PromotionDecision], eval_set: Any, model: ResolvedModel, caps: Capabilities,
                  opts: TritonOptions) -> StageResult:
     """Hot-swap the promoted artifact into Triton (canary, rollback) and health-check it, or say why not.

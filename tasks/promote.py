@@ -35,17 +35,24 @@ class PromotionDecision(BaseModel):
 
 
 def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: BenchmarkTable,
-                     store: ArtifactStore, device: str, pointer: str,
-                     thresholds: GateThresholds | None = None) -> PromotionDecision:
-    """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production enough."""
+                     store: ArtifactStore, device: str, pointer: str, thresholds: GateThresholds | None = None,
+                     servable: set[str] | None = None) -> PromotionDecision:
+    """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production enough.
+
+    ``servable``: the runner kinds the serving target can load (None: no serving constraint). An artifact the
+    target cannot serve is never promoted, however fast: production would point at something nothing serves.
+    """
     thresholds = thresholds or GateThresholds()
     passing = set(evaluation.passing())
-    artifacts = {s.label: s for s in specs if s.kind != "pytorch" and s.label in passing}
+    artifacts = {s.label: s for s in specs if s.kind != "pytorch" and s.label in passing
+                 and (servable is None or s.kind in servable)}
     previous = store.read_pointer(pointer)
     if not artifacts:
         failed = [b.label for b in evaluation.backends if b.decision is not None and not b.decision.passed]
-        return PromotionDecision(promoted=False, previous=previous,
-                                 reason=f"no artifact passed the accuracy gate (failed: {failed or 'none evaluated'})")
+        unservable = sorted({s.kind for s in specs if s.label in passing and s.kind != "pytorch"} - (servable or set()))
+        note = f"; passing but not servable by the Triton target: {unservable}" if servable and unservable else ""
+        return PromotionDecision(promoted=False, previous=previous, reason=(
+            f"no servable artifact passed the accuracy gate (failed: {failed or 'none evaluated'}{note})"))
     table = benchmarks.frame()
     ok = table[(table["status"] == "ok") & table["runner"].isin(list(artifacts))] if not table.empty else table
     if ok.empty:
@@ -70,13 +77,14 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
 
 def promote_stage(specs: list[RunnerSpec], evaluation: StageResult[EvaluationResult],
                   benchmarks: StageResult[BenchmarkTable], store: ArtifactStore, device: str, model: str,
-                  thresholds: GateThresholds | None = None) -> StageResult[PromotionDecision]:
+                  thresholds: GateThresholds | None = None,
+                  servable: set[str] | None = None) -> StageResult[PromotionDecision]:
     """Pick the artifact to promote (or say why none); the pointer moves only after deployment succeeds."""
     if evaluation.output is None or benchmarks.output is None:
         decision = PromotionDecision(promoted=False, reason="no evaluation or benchmark to decide on")
     else:
         decision = choose_candidate(specs, evaluation.output, benchmarks.output, store, device,
-                                    production_pointer(slugify_model(model)), thresholds)
+                                    production_pointer(slugify_model(model)), thresholds, servable)
     (get_logger().info if decision.promoted else get_logger().warning)("promote: %s", decision.reason)
     return StageResult(stage=STAGE, status="ok" if decision.promoted else "skipped",
                        reason=None if decision.promoted else decision.reason, location=decision.artifact_id,

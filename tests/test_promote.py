@@ -54,7 +54,16 @@ def test_fastest_passing_artifact_is_chosen_not_a_faster_failing_one(tmp_path: P
 def test_no_promotion_when_nothing_passes(tmp_path: Path) -> None:
     evaluation = _evaluation(fast_wer=0.12)
     decision = choose_candidate(SPECS, evaluation, _bench(40.0), LocalArtifactStore(tmp_path), "cpu", "m.production")
-    assert not decision.promoted and "no artifact passed the accuracy gate" in decision.reason
+    assert not decision.promoted and "no servable artifact passed the accuracy gate" in decision.reason
+
+
+def test_an_artifact_the_serving_target_cannot_load_is_never_promoted(tmp_path: Path) -> None:
+    store = LocalArtifactStore(tmp_path)
+    only_plans = choose_candidate(SPECS, _evaluation(), _bench(40.0), store, "cpu", "m.production",
+                                  servable={"tensorrt"})
+    assert not only_plans.promoted and "not servable by the Triton target: ['onnxruntime']" in only_plans.reason
+    assert choose_candidate(SPECS, _evaluation(), _bench(40.0), store, "cpu", "m.production",
+                            servable={"onnxruntime"}).promoted
 
 
 def test_production_is_kept_unless_clearly_faster(tmp_path: Path) -> None:
