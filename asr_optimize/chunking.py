@@ -142,7 +142,7 @@ def speech_regions(
     if hops == 0:
         return []
     rms = np.empty(hops, dtype=np.float64)
-    block = 1 << 14
+    block = 1 << 11  # hops per block: ~2 MB of float64 at a time
     for first in range(0, hops, block):
         part = x[first * frame_samples : min(hops, first + block) * frame_samples].astype(np.float64)
         rms[first : first + block] = np.sqrt((part.reshape(-1, frame_samples) ** 2).mean(axis=1))

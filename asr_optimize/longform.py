@@ -107,15 +107,15 @@ def _measure_one(args: argparse.Namespace) -> dict[str, object]:
                            normalization=args.normalization, enabled=not args.one_pass,
                            split_on_silence=not args.no_split_on_silence, pad_after_s=args.pad_after_s,
                            min_silence_s=args.min_silence_s)
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     result = transcribe(runner, [recording.audio], args.model, chunking=opts)
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     rates = wer_cer([recording.text], result.texts)
     return {
         "minutes": args.minutes[0], "mode": _mode(args), "chunk_s": args.chunk_s,
         "stride_s": args.stride_s, "batch_size": args.batch_size, "normalization": args.normalization,
         "wer": rates.wer, "cer": rates.cer, "ref_words": rates.ref_words, "windows": result.windows[0],
-        "time_s": elapsed, "audio_s": recording.duration_s, "peak_rss_mb": peak_rss_mb(),
+        "time_s": elapsed, "cpu_s": cpu, "audio_s": recording.duration_s, "peak_rss_mb": peak_rss_mb(),
         "hypothesis": result.texts[0], "utterance_ids": list(recording.utterance_ids),
     }
 
@@ -141,13 +141,14 @@ def _per_utterance_reference(model: Path, device: str) -> dict[str, str]:
 
 def _table(rows: list[dict[str, object]]) -> str:
     head = ("| minutes | mode | chunk/stride s | norm | WER | per-utt WER, same audio | CER | windows | time s "
-            "| x real time | s per audio min | peak RSS MB |")
+            "| x real time | s per audio min | CPU s per audio min | peak RSS MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['minutes']:g} | {r['mode']} | {r['chunk_s']:g}/{r['stride_s']:g} | {r['normalization']} "
             f"| {100 * r['wer']:.2f}% | {100 * r['per_utterance_wer']:.2f}% | {100 * r['cer']:.2f}% | {r['windows']} "
             f"| {r['time_s']:.1f} | {r['audio_s'] / r['time_s']:.0f} | {60 * r['time_s'] / r['audio_s']:.2f} "
+            f"| {60 * r['cpu_s'] / r['audio_s']:.2f} "
             f"| {r['peak_rss_mb']:.0f} |"
         )
     return "\n".join(lines)

@@ -55,6 +55,7 @@ DEFAULT_CHUNK_S = 20.0
 DEFAULT_STRIDE_S = 2.0
 DEFAULT_WINDOW_BATCH = 4
 DEFAULT_MAX_DURATION_S = 4 * 3600.0
+WIDTH_BUCKET = SAMPLE_RATE  # window batches are padded to whole seconds
 SILENCE_PEAK = 1e-4
 """Audio whose absolute peak is below this (-80 dBFS) is silence: empty text, the model is not run. Normalization
 would otherwise blow dither or DC up to unit variance and the model may read words into it."""
@@ -135,7 +136,8 @@ def check_recording(wave: np.ndarray, name: str, max_duration_s: float | None) -
 
 def is_silence(wave: np.ndarray) -> bool:
     """True when nothing in the recording is louder than ``SILENCE_PEAK`` (digital silence, dither)."""
-    return float(np.abs(wave).max(initial=0.0)) < SILENCE_PEAK
+    block = 1 << 20  # no full-size temporary for long recordings
+    return all(float(np.abs(wave[i : i + block]).max(initial=0.0)) < SILENCE_PEAK for i in range(0, wave.size, block))
 
 
 def _recording_stats(wave: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
@@ -236,7 +238,9 @@ def _run_windows(
     outputs = [stitch([], [], num_frames(w.size, hop, field_), fill, frame_samples=hop) for w in waves]
     for start in range(0, len(queue), opts.batch_size):
         group = queue[start : start + opts.batch_size]
-        width = max(plans[k][j].num_samples for k, j in group)
+        # widths rounded up to WIDTH_BUCKET: few distinct shapes, so the allocator reuses memory (measured: peak RSS
+        # of a 30-minute recording grew with every new batch shape otherwise); padding is masked
+        width = -(-max(plans[k][j].num_samples for k, j in group) // WIDTH_BUCKET) * WIDTH_BUCKET
         values = np.zeros((len(group), width), dtype=np.float32)
         mask = np.zeros((len(group), width), dtype=np.int64)
         for row, (k, j) in enumerate(group):
