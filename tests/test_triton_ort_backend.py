@@ -19,6 +19,8 @@ import pytest
 from asr_optimize.triton.backends import ORT_ACOUSTIC
 from tests.triton_server import DEMO_MODEL, export
 
+pytestmark = [pytest.mark.slow]  # an ONNX export of the demo model (~10 s); no tritonserver needed
+
 
 class _Tensor:
     def __init__(self, name: str, array: np.ndarray, on_gpu: bool = False) -> None:
