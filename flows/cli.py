@@ -140,6 +140,7 @@ def bench(
     model: Annotated[str | None, typer.Option(help="model to time; default: the replica architecture")] = None,
     cases: Annotated[str, typer.Option(help="batch x seconds list")] = "1x1,1x10,16x10,64x10",
     iterations: Annotated[int, typer.Option(min=1)] = 30,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed runs per case first")] = 5,
     store: Annotated[str | None, typer.Option(help="model store [default: ASR_OPTIMIZE_STORE or model_store]")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default reports/bench-<time>)")] = None,
     only: Annotated[str, typer.Option(help="comma list: keep runners whose label contains one")] = "",
@@ -158,7 +159,8 @@ def bench(
         raise typer.BadParameter(str(exc), param_hint="--cases") from None
     try:
         summary = run_suite(BenchSuiteOptions(
-            model=model, device=device, cases=parsed, iterations=iterations, store=store or get_settings().store,
+            model=model, device=device, cases=parsed, iterations=iterations, warmup=warmup,
+            store=store or get_settings().store,
             out_dir=out, only=[o for o in only.split(",") if o], include_cpu=include_cpu,
             skip_accuracy=skip_accuracy, prepare_only=prepare_only, compile=compile,
         ))
@@ -242,6 +244,63 @@ def transcribe(
         print(item.text)
         for word in item.words or []:
             print(f"  {word.start_s:8.2f} {word.end_s:8.2f}  {word.word}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"expected a comma list of whole numbers, got {text!r}", param_hint=flag) from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected numbers >= 1, got {text!r}", param_hint=flag)
+    return values
+
+
+@app.command("serve-bench")
+def serve_bench_command(
+    url: Annotated[str | None, typer.Option(help="Triton endpoint (gRPC host:port or HTTP URL); default: start the "
+                                                 "bundled tritonserver on --triton-repository")] = None,
+    triton_repository: Annotated[Path | None, typer.Option(help="repository for the bundled server")] = None,
+    concurrency: Annotated[str, typer.Option(help="requests kept in flight, a comma list")] = "1,4,16,64",
+    targets: Annotated[str, typer.Option(help="pipeline (audio -> text), acoustic (the model alone)")] = (
+        "pipeline,acoustic"),
+    durations: Annotated[str, typer.Option(help="request lengths in seconds, a comma list; empty: the demo "
+                                                "utterances as they are")] = "",
+    window_s: Annotated[float, typer.Option(help="measurement window (s)", min=0.1)] = 5.0,
+    max_windows: Annotated[int, typer.Option(help="windows per level before giving up on stability", min=1)] = 10,
+    utterances: Annotated[int, typer.Option(help="demo test-set utterances to cycle through", min=1)] = 16,
+    label: str = "",
+    speed_only: Annotated[bool, typer.Option(help="label the results speed-only (random-weight model)")] = False,
+    out: Annotated[Path | None, typer.Option(help="output folder (default reports/serve-bench-<time>)")] = None,
+) -> None:
+    """Serving benchmark: a concurrency sweep against Triton (throughput, p50/p90/p99, queue vs compute, failures)."""
+    from datetime import UTC, datetime
+
+    from asr_optimize.serving.loadgen import ServeBenchOptions, demo_audio, serve_bench
+    from tasks.deploy_triton import triton_endpoint
+
+    try:
+        opts = ServeBenchOptions(
+            concurrency=_int_list(concurrency, "--concurrency"), targets=[t for t in targets.split(",") if t],
+            durations_s=[float(d) for d in durations.split(",") if d] or None, window_s=window_s,
+            max_windows=max_windows, label=label, speed_only=speed_only)
+    except (ValidationError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    folder = out or get_settings().reports_dir / datetime.now(UTC).strftime("serve-bench-%Y%m%d-%H%M%S")
+    repository = (triton_repository or get_settings().triton_repository).resolve()
+    try:
+        with triton_endpoint(url, repository) as endpoint:
+            result = serve_bench(endpoint, demo_audio(utterances), opts, folder,
+                                 progress=lambda row: console.print(
+                                     f"  {row.target:<9} c={row.concurrency:<3} {row.throughput_rps:8.1f} req/s "
+                                     f"p50 {row.p50_ms or 0:7.2f} ms p99 {row.p99_ms or 0:7.2f} ms "
+                                     f"failed {row.failed}"))
+    except (AsrOptimizeError, TransientError, ConnectionError) as exc:
+        raise _fail(EXIT_BAD_INPUT, f"{exc} (is Triton up at {url or 'the bundled server'}?)") from exc
+    console.print(result.markdown())
+    console.print(f"results in {folder}")
+    if result.failed:
+        raise typer.Exit(EXIT_STAGE_FAILED)
 
 
 @app.command()

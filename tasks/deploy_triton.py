@@ -163,10 +163,14 @@ def deploy_stage(promotion: StageResult[PromotionDecision], eval_set: Any, model
         return skipped(STAGE, "the bundled tritonserver serves only ONNX through its python backend; "
                               f"{decision.artifact} needs a Triton URL (NGC image)")
     repository = Path(opts.repository).resolve()
+    swap = opts.swap
+    if swap.batching.instance_kind == "auto" and opts.url is None and caps.cuda:
+        # the bundled server runs on this worker: its acoustic model goes on the GPU the benchmark measured
+        swap = swap.model_copy(update={"batching": swap.batching.model_copy(update={"instance_kind": "KIND_GPU"})})
     try:
         canary = canary_from_eval_set(eval_set, model.local_dir, limit=opts.canary_utterances)
         with triton_endpoint(opts.url, repository) as url:
-            result, _ = deploy(Path(decision.artifact), model.local_dir, repository, url, canary, opts.swap,
+            result, _ = deploy(Path(decision.artifact), model.local_dir, repository, url, canary, swap,
                                source=decision.candidate or "")
             publish_deploy_artifact(result)
             if result.status == "ok":

@@ -55,3 +55,14 @@ def test_bad_bench_cases_are_refused_with_the_item_named(text: str) -> None:
 
 def test_bench_cases_parse() -> None:
     assert [c.label for c in BenchCase.parse_list("1x1, 16x10s")] == ["1x1s", "16x10s"]
+
+
+def test_long_cases_are_timed_through_chunked_transcription(tiny_model: Path) -> None:
+    from asr_optimize.transcribe import ChunkingOptions
+
+    opts = BenchmarkOptions(cases=[BenchCase(batch=2, seconds=12)], warmup=0, iterations=1,
+                            chunking=ChunkingOptions(chunk_s=4, stride_s=0.5))
+    table = run_benchmarks([RunnerSpec(kind="pytorch", path=tiny_model)], opts)
+    row = table.iloc[0]
+    assert row["status"] == "ok", row.get("reason")
+    assert row["x_real_time"] == pytest.approx(24 / (row["p50_ms"] / 1000))

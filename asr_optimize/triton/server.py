@@ -107,6 +107,9 @@ def stub_python_env(cache_root: Path | None = None) -> Path | None:
     import numpy as np
 
     if override := os.environ.get(STUB_ENV_VAR):
+        if not (Path(override) / "bin" / "python3").exists():
+            raise TritonServerError(f"{STUB_ENV_VAR}={override} is not a Python environment (no bin/python3): "
+                                    "point it at a venv with numpy<2 for the python backend stub, or unset it")
         return Path(override)
     if int(np.__version__.split(".")[0]) < 2:
         return None
