@@ -157,7 +157,10 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, help="results folder (required unless --make-demo-npz)")
+    parser.add_argument("--make-demo-npz", action="store_true",
+                        help=f"on a dev machine: decode the demo test set into {DEMO_NPZ.name} for GPU hosts without "
+                        "soundfile (it travels beside the working tree; not committed) and exit")
     parser.add_argument("--reps", type=int, default=25)
     parser.add_argument("--budget-s", type=float, default=480.0, help="skip optional sections past this")
     parser.add_argument("--skip-hf32-big", action="store_true", help="skip HF fp32 at 16/64 x 10 s")
@@ -166,6 +169,16 @@ def main(argv: list[str] | None = None) -> int:
                         "exactgelu, fp8exactgelu")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile(freezing) of the forward")
     args = parser.parse_args(argv)
+    if args.make_demo_npz:
+        from asr_optimize.eval_data import load_eval_set
+
+        DEMO_NPZ.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"u{i:03d}": u.audio.astype(np.float16) for i, u in enumerate(load_eval_set())}
+        np.savez_compressed(DEMO_NPZ, **arrays)
+        log(f"wrote {DEMO_NPZ}")
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     started = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     _shim_missing_modules()

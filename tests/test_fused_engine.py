@@ -86,6 +86,9 @@ def test_buckets_pad_without_changing_logits(demo_engine: Path, demo_hf: torch.n
         assert np.abs(out[i, :n] - ref[i, :n]).max() < ATOL
     short = x[2:3, :7_003]
     assert np.abs(runner.infer(short, None) - _hf_logits(demo_hf, short, None)).max() < ATOL
+    runner.cuda_graphs = True  # the automatic graph buckets: batch to a power of two, samples to whole seconds
+    assert runner._bucket(3, 20_001) == (4, 32_000) and runner._bucket(64, 160_000) == (64, 160_000)
+    assert runner._bucket(2, 9_000) == (2, 9_000)  # a configured bucket wins
 
 
 def test_demo_transcripts_identical(demo_engine: Path) -> None:
@@ -219,11 +222,11 @@ def test_cuda_fp16_and_fp8_close_to_fp32(demo_engine: Path, demo_hf: torch.nn.Mo
     from asr_optimize.runners.fused_engine import fp8_support
 
     if fp8_support("cuda")[0]:
-        from asr_optimize.eval_data import load_eval_set
+        from asr_optimize.audio import synthetic_audio
 
         engine = tmp_path / "fp8"
         build_fused_engine(DEFAULT_MODEL, engine, FusedEngineOptions(precision="fp8"),
-                           calibration_audio=[u.audio for u in load_eval_set()][:8])
+                           calibration_audio=synthetic_audio(4, 2.0, seed=5))
         out8 = FusedRunner(engine, device="cuda", precision="fp8").infer(x, mask)
         for i, n in enumerate(frames):
             assert np.abs(out8[i, :n] - ref[i, :n]).max() / scale < 0.2

@@ -23,6 +23,7 @@ from asr_optimize.fused.engine import (
     load_engine,
     output_frames,
 )
+from asr_optimize.io_spec import SAMPLE_RATE
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 
 __all__ = ["FusedEngineOptions", "FusedRunner", "build_fused_engine", "fp8_support"]
@@ -95,7 +96,9 @@ class FusedRunner(Runner):
     Options: ``cuda_graphs`` (CUDA only), ``buckets`` [(batch, samples)] (default: the engine's), ``use_triton``
     (False: PyTorch ops for the fused kernels), ``gelu_epilogue`` (cuBLASLt bias+GELU on the FFN up GEMM, tanh
     GELU; CUDA only), ``fast_gelu`` (the same tanh-form GELU inside the Triton kernels: feature encoder, fp8
-    quantize), ``sdpa_backend`` (flash | cudnn | efficient | math), ``fp8_min_rows``, ``group_norm_stats``.
+    quantize), ``sdpa_backend`` (flash | cudnn | efficient | math), ``fp8_min_rows``, ``group_norm_stats``,
+    ``bucket_seconds`` (graph mode without configured buckets: pad to whole seconds, batch to a power of two),
+    ``max_graphs`` (past it, new shapes run eagerly).
     """
 
     backend = "fused"
@@ -103,7 +106,8 @@ class FusedRunner(Runner):
     def __init__(self, engine_dir: Path, device: str = "cuda", precision: str = "fp16", cuda_graphs: bool = True,
                  buckets: list[tuple[int, int]] | None = None, use_triton: bool = True,
                  gelu_epilogue: bool = True, group_norm_stats: str | None = None, sdpa_backend: str | None = None,
-                 fp8_min_rows: int = FP8_MIN_ROWS, fast_gelu: bool = True, **kw: Any) -> None:
+                 fp8_min_rows: int = FP8_MIN_ROWS, fast_gelu: bool = True, bucket_seconds: float = 1.0,
+                 max_graphs: int = 64, **kw: Any) -> None:
         import torch
 
         if kw:
@@ -143,14 +147,21 @@ class FusedRunner(Runner):
         del weights
         self.cuda_graphs = cuda_graphs and device == "cuda"
         self.buckets = sorted(tuple(b) for b in (buckets if buckets is not None else meta.get("buckets", [])))
+        self.bucket_samples = max(0, int(bucket_seconds * SAMPLE_RATE))
+        self.max_graphs = max_graphs
         self._graphs: dict[tuple[int, int, bool], _Graph] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     # -- shapes ------------------------------------------------------------------------------------------------
     def _bucket(self, batch: int, samples: int) -> tuple[int, int]:
+        """The configured bucket that fits; else (graphs only) batch up to a power of two, samples up to a whole
+        ``bucket_seconds``, so a stream of varied lengths reuses a few graphs instead of capturing one per shape."""
         for b, s in self.buckets:
             if b >= batch and s >= samples:
                 return b, s
+        if self.cuda_graphs and self.bucket_samples:
+            step = self.bucket_samples
+            return 1 << (batch - 1).bit_length(), -(-samples // step) * step
         return batch, samples
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> _Prepared:
@@ -174,7 +185,8 @@ class FusedRunner(Runner):
             attention_mask = mask
         x = torch.from_numpy(values).to(self.device, dtype=self.dtype)
         m = torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64)).to(self.device) if use_mask else None
-        entry = self._graph_for(gb, gs, use_mask, x, m) if self.cuda_graphs else None
+        graphable = self.cuda_graphs and ((gb, gs, use_mask) in self._graphs or len(self._graphs) < self.max_graphs)
+        entry = self._graph_for(gb, gs, use_mask, x, m) if graphable else None
         return _Prepared(x=x, mask=m, batch=batch, frames=frames, entry=entry)
 
     def _graph_for(self, batch: int, samples: int, use_mask: bool, x: Any, mask: Any) -> _Graph:
