@@ -37,17 +37,21 @@ def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedB
         return skipped(STAGE, "disabled (options.fused.enabled = false)")
     if device != "cuda":
         return skipped(STAGE, "the fused engines run on CUDA (fp16 / fp8 tensor cores); this run is on the CPU")
+    import torch
+
     from asr_optimize.runners.fused_engine import FusedEngineOptions, build_fused_engine
 
     log = get_logger()
     start = time.perf_counter()
     waves = calibration_waves[: opts.calibration_utterances]
+    calibration_device = "cuda" if torch.cuda.is_available() else "cpu"  # the scales do not depend on it
     engines: dict[str, dict[str, Any]] = {}
     for precision in opts.precisions:
-        engine_opts = FusedEngineOptions(precision=precision)
+        engine_opts = FusedEngineOptions(precision=precision, calibration_utterances=opts.calibration_utterances,
+                                         calibration_device=calibration_device)
         try:
             result = run_cached_stage(
-                store, model, f"fused-{precision}", engine_opts.model_dump(),
+                store, model, f"fused-{precision}", engine_opts.model_dump(exclude={"calibration_device"}),
                 {"model": model.revision, "calibration_audio": hash_waves(waves) if precision == "fp8" else ""},
                 lambda out, o=engine_opts: build_fused_engine(model.local_dir, out, o, waves),
             )
