@@ -22,6 +22,7 @@ export ASR_OPTIMIZE_TRITON_REPOSITORY=$WORK/triton ASR_OPTIMIZE_CACHE_ROOT=$WORK
 [ -d /tmp/serve-lease/stubenv ] && export ASR_OPTIMIZE_TRITON_STUB_ENV=/tmp/serve-lease/stubenv
 PY=${PY:-python3}
 step() { printf '\n==> %s\n' "$*"; }
+trap 'kill $(jobs -p) 2>/dev/null' EXIT  # the server and the worker end with this script
 
 step "prefect server on loopback"
 $PY -m prefect server start --host 127.0.0.1 --port 4200 > "$OUT/prefect-server.log" 2>&1 &
