@@ -100,19 +100,20 @@ def _measure_one(args: argparse.Namespace) -> dict[str, object]:
     from asr_optimize.transcribe import ChunkingOptions, transcribe
 
     base = load_eval_set()
-    recording = build_recording(base.utterances, args.minutes[0])
+    recording = build_recording(base.utterances, args.minutes[0], gap_s=args.gap_s)
     del base
     runner = build_runner(baseline_spec(args.model, args.device))
     opts = ChunkingOptions(chunk_s=args.chunk_s, stride_s=args.stride_s, batch_size=args.batch_size,
                            normalization=args.normalization, enabled=not args.one_pass,
                            split_on_silence=not args.no_split_on_silence, pad_after_s=args.pad_after_s,
-                           min_silence_s=args.min_silence_s)
+                           pad_before_s=args.pad_before_s, min_silence_s=args.min_silence_s,
+                           silence_db=args.silence_db)
     began, cpu_began = time.perf_counter(), time.process_time()
     result = transcribe(runner, [recording.audio], args.model, chunking=opts)
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     rates = wer_cer([recording.text], result.texts)
     return {
-        "minutes": args.minutes[0], "mode": _mode(args), "chunk_s": args.chunk_s,
+        "minutes": args.minutes[0], "gap_s": args.gap_s, "mode": _mode(args), "chunk_s": args.chunk_s,
         "stride_s": args.stride_s, "batch_size": args.batch_size, "normalization": args.normalization,
         "wer": rates.wer, "cer": rates.cer, "ref_words": rates.ref_words, "windows": result.windows[0],
         "time_s": elapsed, "cpu_s": cpu, "audio_s": recording.duration_s, "peak_rss_mb": peak_rss_mb(),
@@ -125,7 +126,8 @@ def _mode(args: argparse.Namespace) -> str:
         return "one pass"
     if args.no_split_on_silence:
         return "fixed windows"
-    return f"silence-split (min {args.min_silence_s:g} s, pad after {args.pad_after_s:g} s) + windows"
+    return (f"silence-split (min {args.min_silence_s:g} s, {args.silence_db:g} dB, pad {args.pad_before_s:g}/"
+            f"{args.pad_after_s:g} s) + windows")
 
 
 def _per_utterance_reference(model: Path, device: str) -> dict[str, str]:
@@ -169,8 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--normalization", choices=["recording", "window"], default=ChunkingOptions().normalization)
     parser.add_argument("--one-pass", action="store_true", help="no chunking (the old behaviour), for comparison")
     parser.add_argument("--no-split-on-silence", action="store_true", help="fixed overlapping windows only")
+    parser.add_argument("--gap-s", type=float, default=GAP_S, help="silence between the joined utterances")
     parser.add_argument("--min-silence-s", type=float, default=ChunkingOptions().min_silence_s)
     parser.add_argument("--pad-after-s", type=float, default=ChunkingOptions().pad_after_s)
+    parser.add_argument("--pad-before-s", type=float, default=ChunkingOptions().pad_before_s)
+    parser.add_argument("--silence-db", type=float, default=ChunkingOptions().silence_db)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -186,8 +191,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                "--model", str(args.model), "--device", args.device, "--chunk-s", f"{args.chunk_s:g}",
                "--stride-s", f"{args.stride_s:g}", "--batch-size", str(args.batch_size),
                "--normalization", args.normalization, "--min-silence-s", f"{args.min_silence_s:g}",
-               "--pad-after-s", f"{args.pad_after_s:g}"] + (["--one-pass"] if args.one_pass else []) + (
-                   ["--no-split-on-silence"] if args.no_split_on_silence else [])
+               "--pad-after-s", f"{args.pad_after_s:g}", "--gap-s", f"{args.gap_s:g}"]
+        cmd += ["--pad-before-s", f"{args.pad_before_s:g}", "--silence-db", f"{args.silence_db:g}"]
+        cmd += ["--one-pass"] if args.one_pass else []
+        cmd += ["--no-split-on-silence"] if args.no_split_on_silence else []
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             print(done.stderr, file=sys.stderr)
