@@ -29,11 +29,15 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
-    "Window", "gap_starts", "num_frames", "plan_speech_windows", "plan_windows", "silence_rows", "speech_regions",
-    "stitch",
+    "SILENCE_PEAK", "Window", "gap_starts", "is_silence", "num_frames", "plan_speech_windows", "plan_windows",
+    "silence_rows", "speech_regions", "stitch",
 ]
 
 DEFAULT_RECEPTIVE_SAMPLES = 400  # wav2vec2 / HuBERT / XLS-R feature encoder: kernels 10,3,3,3,3,2,2
+SILENCE_PEAK = 1e-4
+"""Audio whose absolute peak is below this (-80 dBFS) is silence: empty text, the model is not run. Normalization
+would otherwise blow dither up to unit variance and the model reads words into it (demo model: noise at 1e-3 peak
+gives a string of consonants)."""
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,13 @@ def plan_windows(
         windows.append(Window(start, start + span, kept_until - first, keep_to))
         kept_until = first + keep_to
         first += step
+
+
+def is_silence(wave: np.ndarray, peak: float = SILENCE_PEAK) -> bool:
+    """True when no sample is louder than ``peak`` (digital silence, dither); checked in blocks, no big temporary."""
+    x = np.asarray(wave).reshape(-1)
+    block = 1 << 20
+    return all(float(np.abs(x[i : i + block]).max(initial=0.0)) < peak for i in range(0, x.size, block))
 
 
 def speech_regions(

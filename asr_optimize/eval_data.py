@@ -81,7 +81,7 @@ class EvalSource(BaseModel):
     path: Path | None = None
     """Manifest file (``manifest``); overrides the bundled manifest for ``demo`` and ``longform``."""
     minutes: list[float] = Field(default_factory=lambda: [1.0, 5.0, 30.0])
-    """``longform``: one recording per entry, joined from the test utterances (``asr_optimize.longform``)."""
+    """``longform``: one recording per entry, joined from the test utterances (``asr_optimize.longform_data``)."""
     dataset_id: str = DEFAULT_HF_DATASET
     config: str | None = "hi"
     split: str = "test"
@@ -540,10 +540,13 @@ def load_eval_set(source: EvalSource | None = None, progress: bool = False) -> E
     source = source or EvalSource()
     if source.kind == "hf":
         return _load_hf(source, progress)
-    if source.kind == "longform":
-        from asr_optimize.longform import longform_eval_set
+    if source.kind == "longform":  # the demo (or ``path``) utterances joined into recordings of ``minutes``
+        from asr_optimize.longform_data import build_recording
 
-        return longform_eval_set(source, progress)
+        base = load_eval_set(source.model_copy(update={"kind": "manifest" if source.path else "demo"}), progress)
+        joined = [build_recording(base.utterances, m) for m in source.minutes]
+        long = [Utterance(r.id, r.audio, r.text, r.duration_s) for r in joined]
+        return EvalSet(long, list(base.bad_rows), base.n_rows, source, base.sample_rate)
     if source.kind == "manifest":
         if source.path is None:
             raise EvalDataError("manifest evaluation source needs 'path'")

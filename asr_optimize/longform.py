@@ -20,69 +20,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from asr_optimize.eval_data import EvalSet, EvalSource, load_eval_set
+from asr_optimize.longform_data import GAP_S, LongformRecording, build_recording
 
-from asr_optimize.eval_data import EvalSet, EvalSource, Utterance, load_eval_set
+__all__ = ["GAP_S", "LongformRecording", "build_recording", "longform_eval_set", "main"]
 
-GAP_S = 0.25
-"""Silence between utterances (digital zeros), as in the measurements of issue #14."""
-SAMPLE_RATE = 16_000
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo-model"
 
 
-@dataclass(frozen=True)
-class LongformRecording:
-    """One joined recording, its reference text and the utterances it is made of (in order)."""
-
-    id: str
-    audio: np.ndarray
-    text: str
-    utterance_ids: tuple[str, ...]
-
-    @property
-    def duration_s(self) -> float:
-        return self.audio.size / SAMPLE_RATE
-
-
-def build_recording(
-    utterances: Sequence[Utterance], minutes: float, gap_s: float = GAP_S, seed: int = 0
-) -> LongformRecording:
-    """Join utterances (gap_s of silence between) until the next would pass ``minutes``; pad to exactly ``minutes``."""
-    if not utterances:
-        raise ValueError("no utterances to join")
-    target = round(minutes * 60 * SAMPLE_RATE)
-    gap = round(gap_s * SAMPLE_RATE)
-    if min(u.audio.size for u in utterances) > target:
-        raise ValueError(f"{minutes} min is shorter than every utterance")
-    audio = np.zeros(target, dtype=np.float32)
-    texts: list[str] = []
-    ids: list[str] = []
-    pos = 0
-    for round_ in range(1_000_000):
-        order = np.random.default_rng(seed + round_).permutation(len(utterances))
-        for index in order:
-            utt = utterances[int(index)]
-            start = pos + (gap if ids else 0)
-            if start + utt.audio.size > target:
-                return LongformRecording(f"longform-{minutes:g}min", audio, " ".join(texts), tuple(ids))
-            audio[start : start + utt.audio.size] = utt.audio
-            pos = start + utt.audio.size
-            texts.append(utt.text)
-            ids.append(utt.id)
-    raise AssertionError("unreachable")
-
-
-def longform_eval_set(source: EvalSource | None = None, progress: bool = False) -> EvalSet:
-    """The ``longform`` evaluation source: one recording per entry of ``source.minutes``, from the demo test set
-    (or the manifest at ``source.path``). Bad rows of the underlying set are carried over."""
-    source = source or EvalSource(kind="longform")
-    base = load_eval_set(source.model_copy(update={"kind": "demo" if source.path is None else "manifest"}), progress)
-    recordings = [build_recording(base.utterances, m) for m in source.minutes]
-    utterances = [Utterance(r.id, r.audio, r.text, r.duration_s) for r in recordings]
-    return EvalSet(utterances, list(base.bad_rows), len(utterances), source, SAMPLE_RATE)
+def longform_eval_set(minutes: Sequence[float] = (1.0, 5.0, 30.0), path: Path | None = None) -> EvalSet:
+    """The ``longform`` evaluation source: one recording per entry of ``minutes`` from the demo test set (or the
+    manifest at ``path``); the same as ``load_eval_set(EvalSource(kind="longform", minutes=...))``."""
+    return load_eval_set(EvalSource(kind="longform", minutes=list(minutes), path=path))
 
 
 # ---------------------------------------------------------------- measurement command
