@@ -229,6 +229,7 @@ def _run_windows(
     window's kept frames into its recording's ``[frames, vocab]`` logits (silences skipped get a certain blank)."""
     fill, boundary = silence_rows(len(vocab.tokens), vocab.blank_id, vocab.tokens.index(vocab.word_delimiter))
     stats = [_recording_stats(w) if normalize and opts.normalization == "recording" else None for w in waves]
+    longest = max((w.num_samples for plan in plans for w in plan), default=0)
     queue = sorted(((k, j) for k, plan in enumerate(plans) for j in range(len(plan))),
                    key=lambda kj: plans[kj[0]][kj[1]].num_samples)
     # stitch() with no windows: the recording's all-blank logits, which the kept frames then overwrite
@@ -236,8 +237,13 @@ def _run_windows(
     for start in range(0, len(queue), opts.batch_size):
         group = queue[start : start + opts.batch_size]
         # widths rounded up to WIDTH_BUCKET: few distinct shapes, so the allocator reuses memory (measured: peak RSS
-        # of a 30-minute recording grew with every new batch shape otherwise); padding is masked
-        width = -(-max(plans[k][j].num_samples for k, j in group) // WIDTH_BUCKET) * WIDTH_BUCKET
+        # of a 30-minute recording grew with every new batch shape otherwise); padding is masked. Never wider than the
+        # longest window a plan can hold (engines with a max shape of chunk_s keep working), and no padding at all
+        # when the windows are equally long (runners without an attention mask see exactly the window)
+        lengths = [plans[k][j].num_samples for k, j in group]
+        width = max(lengths)
+        if min(lengths) != width:
+            width = max(width, min(-(-width // WIDTH_BUCKET) * WIDTH_BUCKET, longest))
         values = np.zeros((len(group), width), dtype=np.float32)
         mask = np.zeros((len(group), width), dtype=np.int64)
         for row, (k, j) in enumerate(group):

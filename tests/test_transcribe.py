@@ -108,6 +108,7 @@ def test_stitched_windows_equal_one_pass_for_a_frame_local_model(tiny_model: Pat
     chunked = transcribe(runner, [wave], tiny_model, normalize=False, chunking=FIXED)
     assert chunked.windows[0] > 1
     assert all(shape[0] <= FIXED.batch_size for shape in runner.calls)  # memory bounded by the batch
+    assert {shape[1] for shape in runner.calls} == {199 * 320 + 400}  # equal windows: no padding, never over a chunk
     np.testing.assert_allclose(chunked.logits[0], one.logits[0], atol=1e-5)
     assert chunked.texts == one.texts
 
