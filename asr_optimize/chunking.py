@@ -24,13 +24,14 @@ and the up to ``S - 1`` trailing samples after the last full frame feed no frame
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 __all__ = [
     "SILENCE_PEAK", "Window", "gap_starts", "is_silence", "num_frames", "plan_speech_windows", "plan_windows",
-    "silence_rows", "speech_regions", "stitch",
+    "recording_stats", "run_windows", "silence_rows", "speech_regions", "stitch",
 ]
 
 DEFAULT_RECEPTIVE_SAMPLES = 400  # wav2vec2 / HuBERT / XLS-R feature encoder: kernels 10,3,3,3,3,2,2
@@ -274,3 +275,73 @@ def stitch(
             raise ValueError(f"window {i}: {array.shape[0]} logit frames, but frames up to {window.keep_to} are kept")
         parts.append(array[window.keep_from : window.keep_to])
     return np.concatenate(parts, axis=0)
+
+
+def recording_stats(wave: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
+    """Mean and 1/std of a long recording in float64, block by block (no full-size temporaries)."""
+    total = total_sq = 0.0
+    for start in range(0, wave.size, block):
+        part = wave[start : start + block].astype(np.float64)
+        total += float(part.sum())
+        total_sq += float(np.dot(part, part))
+    mean = total / wave.size
+    var = max(total_sq / wave.size - mean * mean, 0.0)
+    return mean, 1.0 / float(np.sqrt(var + 1e-7))
+
+
+def run_windows(
+    waves: list[np.ndarray],
+    plans: list[list[Window]],
+    infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    vocab_size: int,
+    blank_id: int,
+    delimiter_id: int,
+    batch_size: int = 4,
+    normalization: str | None = "window",
+    frame_samples: int = 320,
+    receptive_samples: int = DEFAULT_RECEPTIVE_SAMPLES,
+    bucket: int = 16000,
+) -> list[np.ndarray]:
+    """Run planned windows through ``infer(values [b, samples] f32, mask [b, samples] i64) -> logits [b, frames, V]``
+    and return each recording's ``[frames, vocab]`` logits (skipped silences: blank, first frame a delimiter).
+
+    The one implementation behind ``asr_optimize.transcribe`` and the Triton ``asr`` pipeline, so both give the same
+    text. Windows of all recordings are sorted by length and sent ``batch_size`` at a time (memory is bounded by the
+    batch, not the recording). Each window is normalized on its own (``"window"``), with its recording's statistics
+    (``"recording"``) or not at all (``None``). Batch widths are rounded up to ``bucket`` samples, but never past the
+    longest window planned: few distinct shapes keep the allocator from fragmenting (measured: peak RSS of a 30-minute
+    recording 1773 MB with exact widths, 982 MB bucketed), full-chunk windows run unpadded, and an engine whose max
+    shape is one chunk keeps working; padding is masked.
+    """
+    fill, boundary = silence_rows(vocab_size, blank_id, delimiter_id)
+    stats = [recording_stats(w) if normalization == "recording" else None for w in waves]
+    longest = max((w.num_samples for plan in plans for w in plan), default=0)
+    queue = sorted(((k, j) for k, plan in enumerate(plans) for j in range(len(plan))),
+                   key=lambda kj: plans[kj[0]][kj[1]].num_samples)
+    outputs = [stitch([], [], num_frames(w.size, frame_samples, receptive_samples), fill, frame_samples=frame_samples)
+               for w in waves]
+    for start in range(0, len(queue), batch_size):
+        group = queue[start : start + batch_size]
+        width = max(plans[k][j].num_samples for k, j in group)
+        width = max(width, min(-(-width // bucket) * bucket, longest))
+        values = np.zeros((len(group), width), dtype=np.float32)
+        mask = np.zeros((len(group), width), dtype=np.int64)
+        for row, (k, j) in enumerate(group):
+            window = plans[k][j]
+            piece = waves[k][window.start : window.end]
+            if stats[k] is not None:
+                mean, inv_std = stats[k]
+                piece = (piece - np.float32(mean)) * np.float32(inv_std)
+            elif normalization == "window":
+                piece = (piece - piece.mean()) / np.sqrt(piece.var() + 1e-7)
+            values[row, : piece.size] = piece
+            mask[row, : piece.size] = 1
+        logits = np.asarray(infer(values, mask))
+        for row, (k, j) in enumerate(group):
+            window = plans[k][j]
+            first = window.start // frame_samples + window.keep_from
+            outputs[k][first : first + window.num_kept] = logits[row, window.keep_from : window.keep_to]
+    for out, plan in zip(outputs, plans, strict=True):
+        for frame in gap_starts(plan, frame_samples):
+            out[frame] = boundary
+    return outputs

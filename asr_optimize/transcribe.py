@@ -31,13 +31,11 @@ from asr_optimize.audio import (
 from asr_optimize.chunking import (  # noqa: F401  (SILENCE_PEAK, is_silence: re-exported)
     SILENCE_PEAK,
     Window,
-    gap_starts,
     is_silence,
     num_frames,
     plan_speech_windows,
     plan_windows,
-    silence_rows,
-    stitch,
+    run_windows,
 )
 from asr_optimize.ctc import (
     CtcVocabulary,
@@ -137,18 +135,6 @@ def check_recording(wave: np.ndarray, name: str, max_duration_s: float | None) -
     return array
 
 
-def _recording_stats(wave: np.ndarray, block: int = 1 << 20) -> tuple[float, float]:
-    """Mean and 1/std of a long recording in float64, block by block (no full-size temporaries)."""
-    total = total_sq = 0.0
-    for start in range(0, wave.size, block):
-        part = wave[start : start + block].astype(np.float64)
-        total += float(part.sum())
-        total_sq += float(np.dot(part, part))
-    mean = total / wave.size
-    var = max(total_sq / wave.size - mean * mean, 0.0)
-    return mean, 1.0 / float(np.sqrt(var + 1e-7))
-
-
 def transcribe(
     runner: Runner,
     waves: Sequence[np.ndarray],
@@ -197,7 +183,11 @@ def transcribe(
 
     if long:
         plans = [_plan(checked[i], opts, hop, field_) for i in long]
-        stitched = _run_windows(runner, [checked[i] for i in long], plans, opts, normalize, hop, field_, vocab)
+        stitched = run_windows(
+            [checked[i] for i in long], plans, runner.infer, len(vocab.tokens), vocab.blank_id,
+            vocab.tokens.index(vocab.word_delimiter), opts.batch_size, opts.normalization if normalize else None,
+            hop, field_, WIDTH_BUCKET,
+        )
         for i, plan, logits in zip(long, plans, stitched, strict=True):
             logits_out[i] = logits
             counts[i] = len(plan)
@@ -213,57 +203,6 @@ def _plan(wave: np.ndarray, opts: ChunkingOptions, hop: int, field_: int) -> lis
         return plan_speech_windows(wave, opts.chunk_s, opts.stride_s, SAMPLE_RATE, hop, field_, opts.min_silence_s,
                                    opts.silence_db, opts.pad_before_s, opts.pad_after_s)
     return plan_windows(wave.size, opts.chunk_s, opts.stride_s, SAMPLE_RATE, hop, field_)
-
-
-def _run_windows(
-    runner: Runner,
-    waves: list[np.ndarray],
-    plans: list[list[Window]],
-    opts: ChunkingOptions,
-    normalize: bool,
-    hop: int,
-    field_: int,
-    vocab: CtcVocabulary,
-) -> list[np.ndarray]:
-    """Run the windows of all long recordings, sorted by length, ``opts.batch_size`` at a time, and place each
-    window's kept frames into its recording's ``[frames, vocab]`` logits (silences skipped get a certain blank)."""
-    fill, boundary = silence_rows(len(vocab.tokens), vocab.blank_id, vocab.tokens.index(vocab.word_delimiter))
-    stats = [_recording_stats(w) if normalize and opts.normalization == "recording" else None for w in waves]
-    longest = max((w.num_samples for plan in plans for w in plan), default=0)
-    queue = sorted(((k, j) for k, plan in enumerate(plans) for j in range(len(plan))),
-                   key=lambda kj: plans[kj[0]][kj[1]].num_samples)
-    # stitch() with no windows: the recording's all-blank logits, which the kept frames then overwrite
-    outputs = [stitch([], [], num_frames(w.size, hop, field_), fill, frame_samples=hop) for w in waves]
-    for start in range(0, len(queue), opts.batch_size):
-        group = queue[start : start + opts.batch_size]
-        # widths rounded up to WIDTH_BUCKET: few distinct shapes, so the allocator reuses memory (measured: peak RSS
-        # of a 30-minute recording grew with every new batch shape, 1030 -> 1773 MB, even for batches of repeated
-        # equal-length segments left unpadded); padding is masked. Never wider than the longest window planned, so
-        # full-chunk windows (equal length) run unpadded and an engine whose max shape is one chunk keeps working
-        width = max(plans[k][j].num_samples for k, j in group)
-        width = max(width, min(-(-width // WIDTH_BUCKET) * WIDTH_BUCKET, longest))
-        values = np.zeros((len(group), width), dtype=np.float32)
-        mask = np.zeros((len(group), width), dtype=np.int64)
-        for row, (k, j) in enumerate(group):
-            window = plans[k][j]
-            piece = waves[k][window.start : window.end]
-            if normalize:
-                if stats[k] is not None:
-                    mean, inv_std = stats[k]
-                    piece = (piece - np.float32(mean)) * np.float32(inv_std)
-                else:
-                    piece = (piece - piece.mean()) / np.sqrt(piece.var() + 1e-7)
-            values[row, : piece.size] = piece
-            mask[row, : piece.size] = 1
-        logits = runner.infer(values, mask)
-        for row, (k, j) in enumerate(group):
-            window = plans[k][j]
-            first = window.start // hop + window.keep_from
-            outputs[k][first : first + window.num_kept] = logits[row, window.keep_from : window.keep_to]
-    for out, plan in zip(outputs, plans, strict=True):
-        for frame in gap_starts(plan, hop):
-            out[frame] = boundary
-    return outputs
 
 
 # ---------------------------------------------------------------- files

@@ -109,4 +109,4 @@ def test_chunking_imports_only_numpy_and_stdlib() -> None:
     tree = ast.parse(Path(chunking.__file__).read_text(encoding="utf-8"))
     modules = {a.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
     modules |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert modules <= {"__future__", "dataclasses", "itertools", "numpy"}
+    assert modules <= {"__future__", "collections", "dataclasses", "itertools", "numpy"}
