@@ -187,9 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     from asr_optimize.ctc import conv_output_length
     from asr_optimize.model_source import init_random_model
     from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
-    from asr_optimize.runners.base import transcribe
     from asr_optimize.runners.fused_engine import FusedEngineOptions, FusedRunner, build_fused_engine
     from asr_optimize.runners.torch_runner import TorchRunner
+    from asr_optimize.transcribe import transcribe
 
     if not torch.cuda.is_available():
         log("no CUDA: nothing to probe")

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from asr_optimize.metrics import ParityStats, max_abs_logit_diff, transcript_parity
-from asr_optimize.runners.base import Runner, transcribe
+from asr_optimize.runners.base import Runner
+from asr_optimize.transcribe import transcribe
 
 
 def parity_audio(count: int) -> list[np.ndarray]:

@@ -66,8 +66,8 @@ def triton_endpoint(url: str | None, repository: Path) -> Iterator[str]:
 
 def canary_from_eval_set(eval_set: Any, model_dir: Path, limit: int = 16) -> CanarySet:
     """Canary utterances with fp32 PyTorch reference transcripts (use the WER stage's if you have them)."""
-    from asr_optimize.runners.base import transcribe
     from asr_optimize.runners.torch_runner import TorchRunner
+    from asr_optimize.transcribe import transcribe
 
     utts = eval_set.utterances[:limit]
     runner = TorchRunner(model_dir)

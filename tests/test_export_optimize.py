@@ -9,9 +9,9 @@ import onnx
 import pytest
 
 from asr_optimize.parity import check_parity
-from asr_optimize.runners.base import transcribe
 from asr_optimize.runners.ort_runner import OrtRunner
 from asr_optimize.runners.torch_runner import TorchRunner
+from asr_optimize.transcribe import transcribe
 from tasks.export import ExportOptions, export_onnx
 from tasks.optimize import FP16_NAME, FP32_NAME, OptimizeOptions, optimize_onnx
 

@@ -16,9 +16,10 @@ import torch
 from asr_optimize.ctc import conv_output_length
 from asr_optimize.model_source import init_random_model, load_model
 from asr_optimize.paths import DEFAULT_MODEL
-from asr_optimize.runners.base import RunnerUnavailable, transcribe
+from asr_optimize.runners.base import RunnerUnavailable
 from asr_optimize.runners.fused_engine import FusedEngineOptions, FusedRunner, build_fused_engine
 from asr_optimize.runners.registry import RunnerSpec, build_runner
+from asr_optimize.transcribe import transcribe
 
 KERNELS, STRIDES = [10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2]
 ATOL = 1e-4

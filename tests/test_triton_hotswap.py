@@ -47,8 +47,8 @@ def onnx_files(good_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 @pytest.fixture(scope="module")
 def canary(good_model: Path, onnx_files: dict[str, Path]):
     from asr_optimize.eval_data import EvalSource, load_eval_set
-    from asr_optimize.runners.base import transcribe
     from asr_optimize.runners.torch_runner import TorchRunner
+    from asr_optimize.transcribe import transcribe
     from asr_optimize.triton.hotswap import CanarySet
 
     utts = load_eval_set(EvalSource(max_samples=6)).utterances
@@ -80,9 +80,9 @@ def _transcripts(server, waves: list[np.ndarray]) -> list[str]:
 
 def test_first_deploy_pipeline_matches_pytorch(server, good_model, onnx_files, canary) -> None:
     """(c) audio in, Hindi text out: the asr pipeline equals PyTorch's greedy transcripts of the same audio."""
-    from asr_optimize.runners.base import transcribe
     from asr_optimize.runners.ort_runner import OrtRunner
     from asr_optimize.runners.triton_runner import TritonRunner
+    from asr_optimize.transcribe import transcribe
 
     decision = _swap(server, onnx_files["good"], good_model, canary)
     assert decision.promoted, decision.summary()

@@ -99,8 +99,8 @@ DEMO_MODEL = Path(__file__).resolve().parents[1] / "asr_optimize" / "assets" / "
 def demo_canary(model_dir: Path, n: int = 6):
     """The first ``n`` demo test utterances with PyTorch fp32 reference transcripts."""
     from asr_optimize.eval_data import EvalSource, load_eval_set
-    from asr_optimize.runners.base import transcribe
     from asr_optimize.runners.torch_runner import TorchRunner
+    from asr_optimize.transcribe import transcribe
     from asr_optimize.triton.hotswap import CanarySet
 
     utts = load_eval_set(EvalSource(max_samples=n)).utterances

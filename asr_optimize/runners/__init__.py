@@ -1,5 +1,8 @@
-"""One runner interface for every backend; benchmarks, WER and parity use nothing else."""
+"""One runner interface for every backend (``base.Runner``) and a registry that builds any of them by name.
 
-from asr_optimize.runners.base import Runner, RunnerUnavailable, transcribe
+Transcription of any length through a runner lives in ``asr_optimize.transcribe``.
+"""
 
-__all__ = ["Runner", "RunnerUnavailable", "transcribe"]
+from asr_optimize.runners.base import Runner, RunnerUnavailable
+
+__all__ = ["Runner", "RunnerUnavailable"]

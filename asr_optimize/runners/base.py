@@ -8,7 +8,6 @@ A runner takes a padded batch (numpy, float32 audio + int64 attention mask) and 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -54,16 +53,3 @@ class Runner(ABC):
     def close(self) -> None:
         """Release sessions and device memory."""
 
-
-def transcribe(
-    runner: Runner, waves: list[np.ndarray], model_dir: Path, batch_size: int = 8, normalize: bool = True
-) -> tuple[list[str], list[np.ndarray]]:
-    """Greedy transcripts (and per-utterance valid logits) for a list of 16 kHz waveforms.
-
-    Kept for existing callers: delegates to ``asr_optimize.transcribe.transcribe`` (default chunking), which runs
-    utterances that fit one chunk exactly as this function always did and long ones in stitched windows.
-    """
-    from asr_optimize.transcribe import transcribe as transcribe_any
-
-    result = transcribe_any(runner, waves, model_dir, batch_size=batch_size, normalize=normalize)
-    return result.texts, result.logits

@@ -232,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     utts = load_eval_set(EvalSource(max_samples=8)).utterances
     waves = [u.audio for u in utts]
     if args.reference == "torch":
-        from asr_optimize.runners.base import transcribe
         from asr_optimize.runners.torch_runner import TorchRunner
+        from asr_optimize.transcribe import transcribe
 
         reference, _ = transcribe(TorchRunner(args.model_dir), waves, args.model_dir)
     else:

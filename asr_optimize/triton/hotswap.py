@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from asr_optimize.errors import TransientError
+from asr_optimize.fileio import atomic_write_text
 from asr_optimize.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.metrics import transcript_parity, wer_cer
 from asr_optimize.triton import auth, journal
@@ -50,13 +51,6 @@ class CanarySet:
     waves: list[np.ndarray]
     reference_transcripts: list[str]
     texts: list[str] | None = None
-
-    @classmethod
-    def from_eval_set(cls, eval_set: Any, reference_transcripts: list[str], limit: int | None = None) -> CanarySet:
-        """The first ``limit`` utterances of an ``EvalSet`` with the reference backend's transcripts of them."""
-        utts = eval_set.utterances[: limit or len(eval_set.utterances)]
-        return cls([u.id for u in utts], [u.audio for u in utts], list(reference_transcripts[: len(utts)]),
-                   [u.text for u in utts])
 
 
 class SwapOptions(BaseModel):
@@ -250,7 +244,7 @@ class _Swap:
     def write_acoustic_config(self, versions: list[int], manifest: repo_mod.VersionManifest) -> None:
         text = repo_mod.acoustic_config(self.name, manifest.kind, versions, manifest.inputs, manifest.vocab_size,
                                         self.opts.batching)
-        repo_mod.write_text_atomic(self.root / self.name / "config.pbtxt", text)
+        atomic_write_text(self.root / self.name / "config.pbtxt", text)
 
     def timed(self, label: str, start: float) -> None:
         self.timings[label] = round(time.perf_counter() - start, 3)

@@ -20,7 +20,6 @@ copied beside the pipeline) sent as one batch, and their logits stitched. ``Batc
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from asr_optimize.ctc import CtcVocabulary
 from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.fileio import atomic_write_text
+from asr_optimize.hashing import sha256_file
 from asr_optimize.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.transcribe import ChunkingOptions
 from asr_optimize.triton.backends import CTC_PIPELINE, ORT_ACOUSTIC
@@ -229,22 +230,6 @@ def pipeline_config(
     ) + "\n"
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temp name in the same folder, then rename (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def version_dirs(root: Path, name: str) -> list[int]:
     """Numeric version folders present on disk (live or not)."""
     folder = root / name
@@ -315,10 +300,10 @@ def write_pipeline(
     """(Re)write the ``asr`` pipeline: model.py, ctc.json, chunking.py and config.pbtxt naming the serving version."""
     version_dir = root / name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(version_dir / "model.py", CTC_PIPELINE.read_text(encoding="utf-8"))
-    write_text_atomic(version_dir / "ctc.json", json.dumps(ctc_info(model_dir), ensure_ascii=False, indent=1))
+    atomic_write_text(version_dir / "model.py", CTC_PIPELINE.read_text(encoding="utf-8"))
+    atomic_write_text(version_dir / "ctc.json", json.dumps(ctc_info(model_dir), ensure_ascii=False, indent=1))
     if CHUNKING_SOURCE.is_file():  # long-form path; without it the pipeline refuses over-long audio clearly
-        write_text_atomic(version_dir / "chunking.py", CHUNKING_SOURCE.read_text(encoding="utf-8"))
+        atomic_write_text(version_dir / "chunking.py", CHUNKING_SOURCE.read_text(encoding="utf-8"))
     set_pipeline_version(root, name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching)
 
 
@@ -326,7 +311,7 @@ def set_pipeline_version(
     root: Path, name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int = 8,
     batching: BatchingOptions | None = None,
 ) -> None:
-    write_text_atomic(
+    atomic_write_text(
         root / name / "config.pbtxt",
         pipeline_config(name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching),
     )
@@ -335,7 +320,7 @@ def set_pipeline_version(
 def _write_config(root: Path, name: str, config: Any) -> None:
     from google.protobuf import text_format
 
-    write_text_atomic(root / name / "config.pbtxt", text_format.MessageToString(config, as_utf8=True))
+    atomic_write_text(root / name / "config.pbtxt", text_format.MessageToString(config, as_utf8=True))
 
 
 def set_serving_version(root: Path, pipeline: str, acoustic_version: int) -> None:

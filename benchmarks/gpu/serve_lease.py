@@ -58,8 +58,8 @@ def server(args: argparse.Namespace, load: bool) -> TritonServer:
 def stage_repo(args: argparse.Namespace) -> None:
     artifact = Path((args.work / "artifact.txt").read_text().strip())
     shutil.rmtree(args.work / "repo", ignore_errors=True)
-    from asr_optimize.runners.base import transcribe
     from asr_optimize.runners.ort_runner import OrtRunner, available_providers
+    from asr_optimize.transcribe import transcribe
 
     utts = canary()
     waves = [u.audio for u in utts]
