@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asr_optimize.fileio import atomic_write_text
 from asr_optimize.triton import repository as repo_mod
 from tests.triton_server import DEMO_MODEL, demo_canary, export, requires_triton
 
@@ -132,7 +133,7 @@ def test_repository_options_render(tmp_path: Path) -> None:
                                     instance_count=2, instance_kind="KIND_GPU", gpu_ids=[0, 1], cuda_graphs=True)
     for kind in ("python_onnxruntime", "onnxruntime_onnx", "tensorrt_plan"):
         text = repo_mod.acoustic_config("am", kind, [1], ["input_values", "attention_mask"], 77, opts)
-        repo_mod.write_text_atomic(tmp_path / kind / "config.pbtxt", text)
+        atomic_write_text(tmp_path / kind / "config.pbtxt", text)
         config = repo_mod.read_config(tmp_path, kind)
         assert list(config.dynamic_batching.preferred_batch_size) == [16, 32, 64]
         assert config.dynamic_batching.max_queue_delay_microseconds == 500

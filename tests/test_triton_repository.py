@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from asr_optimize.fileio import atomic_write_text
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.repository import BatchingOptions, RepositoryError
 
@@ -16,7 +17,7 @@ pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] provides Tri
 def test_acoustic_config_parses(tmp_path: Path, kind: repo_mod.ModelKind) -> None:
     text = repo_mod.acoustic_config("am", kind, [3, 1], ["input_values", "attention_mask"], 77,
                                     BatchingOptions(max_batch_size=16, preferred_batch_sizes=[4, 8, 32]))
-    repo_mod.write_text_atomic(tmp_path / "am" / "config.pbtxt", text)
+    atomic_write_text(tmp_path / "am" / "config.pbtxt", text)
     config = repo_mod.read_config(tmp_path, "am")
     assert config.max_batch_size == 16 and list(config.dynamic_batching.preferred_batch_size) == [4, 8]
     assert config.dynamic_batching.max_queue_delay_microseconds == 2000

@@ -53,3 +53,21 @@ class Runner(ABC):
     def close(self) -> None:
         """Release sessions and device memory."""
 
+
+class TorchOutputs:
+    """Output and memory methods shared by the runners whose results are torch tensors (PyTorch, fused engine)."""
+
+    torch: Any
+    device: str
+
+    def to_numpy(self, output: Any) -> np.ndarray:
+        return output.float().cpu().numpy()
+
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.reset_peak_memory_stats()
+
+    def peak_memory_mb(self) -> float | None:
+        if self.device == "cuda":
+            return self.torch.cuda.max_memory_allocated() / 2**20
+        return None

@@ -24,7 +24,7 @@ from asr_optimize.fused.engine import (
     output_frames,
 )
 from asr_optimize.io_spec import SAMPLE_RATE
-from asr_optimize.runners.base import Runner, RunnerUnavailable
+from asr_optimize.runners.base import Runner, RunnerUnavailable, TorchOutputs
 
 __all__ = ["FusedEngineOptions", "FusedRunner", "build_fused_engine", "fp8_support"]
 
@@ -90,7 +90,7 @@ class _Prepared:
     entry: _Graph | None
 
 
-class FusedRunner(Runner):
+class FusedRunner(TorchOutputs, Runner):
     """The fused engine behind the common runner interface.
 
     Options: ``cuda_graphs`` (CUDA only), ``buckets`` [(batch, samples)] (default: the engine's), ``use_triton``
@@ -224,18 +224,6 @@ class FusedRunner(Runner):
         if self.device == "cuda":
             torch.cuda.synchronize()
         return out[: prepared.batch, : prepared.frames]  # drop filler rows and the bucket's extra frames
-
-    def to_numpy(self, output: Any) -> np.ndarray:
-        return output.float().cpu().numpy()
-
-    def reset_peak_memory(self) -> None:
-        if self.device == "cuda":
-            self.torch.cuda.reset_peak_memory_stats()
-
-    def peak_memory_mb(self) -> float | None:
-        if self.device == "cuda":
-            return self.torch.cuda.max_memory_allocated() / 2**20
-        return None
 
     def close(self) -> None:
         self._graphs.clear()

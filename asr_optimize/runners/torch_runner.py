@@ -15,12 +15,12 @@ import numpy as np
 
 from asr_optimize.io_spec import SAMPLE_RATE
 from asr_optimize.model_source import load_model
-from asr_optimize.runners.base import Runner, RunnerUnavailable
+from asr_optimize.runners.base import Runner, RunnerUnavailable, TorchOutputs
 
 GRAPH_MAX_SAMPLES = 10 * SAMPLE_RATE  # batch x samples up to 10 s of audio: launch-bound, where graphs pay off
 
 
-class TorchRunner(Runner):
+class TorchRunner(TorchOutputs, Runner):
     """Hugging Face ``Wav2Vec2ForCTC`` in eager mode (optionally fp16 on CUDA)."""
 
     backend = "pytorch"
@@ -92,18 +92,6 @@ class TorchRunner(Runner):
         if self.device == "cuda":
             self.torch.cuda.synchronize()
         return logits
-
-    def to_numpy(self, output: Any) -> np.ndarray:
-        return output.float().cpu().numpy()
-
-    def reset_peak_memory(self) -> None:
-        if self.device == "cuda":
-            self.torch.cuda.reset_peak_memory_stats()
-
-    def peak_memory_mb(self) -> float | None:
-        if self.device == "cuda":
-            return self.torch.cuda.max_memory_allocated() / 2**20
-        return None
 
     def close(self) -> None:
         del self.model

@@ -106,7 +106,8 @@ def settle(root: Path, journal: Journal, serving: int | None, confirmed: list[in
     return journal
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (a swap's owner, a server's owner)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -120,7 +121,7 @@ def _sweep_staging(root: Path, model: str) -> list[str]:
     removed = []
     for staging in (Path(root) / model).glob(".staging-*"):
         pid = staging.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)
             removed.append(f"removed half-written {staging.name}")
     return removed
@@ -141,7 +142,7 @@ def reconcile(root: Path, model: str, pipeline: str, client: Any | None = None, 
         return actions
     pending = journal.pending.version
     stale = time.time() - journal.pending.started > STALE_PENDING_S
-    if _pid_alive(journal.pending.pid) and journal.pending.pid != os.getpid() and not stale:
+    if pid_alive(journal.pending.pid) and journal.pending.pid != os.getpid() and not stale:
         raise RepositoryError(f"{root / model}: v{pending} is being deployed by process {journal.pending.pid}; "
                               "wait for it to finish (one swap per repository at a time)")
     on_disk = set(repo_mod.version_dirs(root, model))

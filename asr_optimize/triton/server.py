@@ -36,6 +36,7 @@ from types import TracebackType
 from asr_optimize.capabilities import find_tritonserver
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.triton import auth
+from asr_optimize.triton.journal import pid_alive
 
 STUB_ENV_VAR = "ASR_OPTIMIZE_TRITON_STUB_ENV"
 WORK_DIR_PREFIX = "tritonserver-"
@@ -152,16 +153,6 @@ def stub_python_env(cache_root: Path | None = None) -> Path | None:
     return env_dir
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_work_dirs(tmp_dir: Path | None = None) -> list[Path]:
     """Remove ``tritonserver-*`` work folders whose owning process is gone (a SIGKILLed flow, a dead watchdog)."""
     removed = []
@@ -171,7 +162,7 @@ def sweep_stale_work_dirs(tmp_dir: Path | None = None) -> list[Path]:
             pid = int(owner.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             continue  # not ours (no owner file) or being written: leave it
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
