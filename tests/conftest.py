@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPLICA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "indicwav2vec-hindi-replica"
 TINY_OVERRIDES = {
     "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
     "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
