@@ -6,8 +6,8 @@
   the model revision and the code that builds it (the stage module plus the runtime package), and returns the stored
   artifact when one is complete. Because the store can be S3, a rerun on another worker reuses it too.
 - **One factory makes the Prefect task.** ``stage_task(fn, name=..., tags=..., retries=...)`` wraps a stage function
-  with retries on transient faults only, tags (``gpu`` for GPU stages, added per run by ``on_device``) and an optional
-  publisher of Prefect artifacts; no wrapper repeats a signature.
+  with retries on transient faults only and tags (``gpu`` for GPU stages, added per run by ``on_device``); no wrapper
+  repeats a signature.
 """
 
 from __future__ import annotations
@@ -158,13 +158,6 @@ def skipped(stage: str, reason: str, **output: Any) -> StageResult:
     return StageResult(stage=stage, status="skipped", reason=reason, **output)
 
 
-def timed(stage: str, fn: Callable[[], T]) -> tuple[T, float]:
-    """``fn()`` and how long it took, for stages that are not cached (benchmark, evaluate, deploy)."""
-    start = time.perf_counter()
-    value = fn()
-    return value, round(time.perf_counter() - start, 3)
-
-
 def stage_task(
     fn: Callable[..., StageResult],
     *,
@@ -172,24 +165,17 @@ def stage_task(
     tags: Iterable[str] = (),
     retries: int = 0,
     retry_delay_seconds: int | list[int] = 10,
-    publish: Callable[[StageResult], None] | None = None,
 ) -> Any:
     """The Prefect task for stage function ``fn``: same signature, retries only on ``TransientError``.
 
     Prefect's own result cache is off (``NO_CACHE``): the store is the cache, keyed by content, shared by workers.
-    ``publish(result)`` creates the stage's Prefect artifacts (tables, markdown) inside the task run.
+    Stages that show something in the UI (report, deploy) create their Prefect artifacts themselves when
+    ``in_prefect_run()``.
     """
     from prefect import task
     from prefect.cache_policies import NO_CACHE
 
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> StageResult:
-        result = fn(*args, **kwargs)
-        if publish is not None:
-            publish(result)
-        return result
-
-    return task(run, name=name, tags=set(tags), retries=retries, retry_delay_seconds=retry_delay_seconds,
+    return task(fn, name=name, tags=set(tags), retries=retries, retry_delay_seconds=retry_delay_seconds,
                 retry_condition_fn=retry_on_transient if retries else None, cache_policy=NO_CACHE)
 
 
