@@ -155,6 +155,58 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
+def longform_probe(args: argparse.Namespace, env: dict[str, str]) -> int:
+    """Long recordings end to end (``asr_optimize.transcribe``: silence cuts, windows, stitching, decoding, host copies
+    included) on the replica: how the window batch moves x real time. One warm-up call, then the median of 3."""
+    import torch
+
+    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.model_source import init_random_model
+    from asr_optimize.paths import REPLICA_CONFIG
+    from asr_optimize.runners.fused_engine import FusedEngineOptions, FusedRunner, build_fused_engine
+    from asr_optimize.runners.torch_runner import TorchRunner
+    from asr_optimize.transcribe import ChunkingOptions, transcribe
+
+    batch, seconds = (float(v) for v in args.longform.lower().split("x"))
+    work = Path(tempfile.mkdtemp(prefix="fused-longform-"))
+    replica = init_random_model(REPLICA_CONFIG, work / "replica", seed=0)
+    build_fused_engine(replica, work / "fp16", FusedEngineOptions(precision="fp16"))
+    waves = synthetic_audio(int(batch), seconds, seed=11)
+    audio_s = batch * seconds
+    rows: list[dict[str, Any]] = []
+
+    def measure(label: str, runner: Any, model_dir: Path, window_batch: int, reps: int = 3) -> None:
+        opts = ChunkingOptions(batch_size=window_batch)
+        transcribe(runner, waves, model_dir, chunking=opts)  # warm-up: graphs captured, allocator grown
+        times = []
+        for _ in range(reps):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            transcribe(runner, waves, model_dir, chunking=opts)
+            times.append(time.perf_counter() - t0)
+        p50 = float(np.median(times))
+        rows.append({"runner": label, "recordings": int(batch), "seconds": seconds, "window_batch": window_batch,
+                     "p50_s": round(p50, 3), "x_real_time": round(audio_s / p50, 1), **env})
+        log(f"{label:<28} window batch {window_batch:>3}: {p50:8.3f} s  {audio_s / p50:9.1f} x real time")
+
+    hf32 = TorchRunner(replica, device="cuda")
+    measure("HF eager fp32 (baseline)", hf32, replica, 16, reps=1)
+    hf32.close()
+    fused = FusedRunner(work / "fp16", device="cuda", precision="fp16")
+    for window_batch in (int(v) for v in args.window_batches.split(",")):
+        measure("fused fp16 + graphs", fused, work / "fp16", window_batch)
+    fused.close()
+
+    with open(args.out / "longform.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print("\n| runner | window batch | p50 s | x real time |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['runner']} | {r['window_batch']} | {r['p50_s']} | {r['x_real_time']:,} |")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, help="results folder (required unless --make-demo-npz)")
@@ -168,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra fused variants: nograph, noepilogue, notriton, flash, efficient, cudnn, fp8rows, "
                         "exactgelu, fp8exactgelu")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile(freezing) of the forward")
+    parser.add_argument("--longform", metavar="BxS", default="",
+                        help="only time long-form transcription of B recordings of S seconds (e.g. 16x600) through "
+                        "chunked windows, fused fp16 at several window batches vs HF eager fp32")
+    parser.add_argument("--window-batches", default="4,16,32,64", help="window batch sizes for --longform")
     args = parser.parse_args(argv)
     if args.make_demo_npz:
         from asr_optimize.eval_data import load_eval_set
@@ -210,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         pass
     log(f"env {env}")
+    if args.longform:
+        return longform_probe(args, env)
     results: dict[str, Any] = {"env": env}
     timing_rows: list[dict[str, Any]] = []
     check_rows: list[dict[str, Any]] = []
