@@ -176,7 +176,7 @@ def longform_probe(args: argparse.Namespace, env: dict[str, str]) -> int:
     rows: list[dict[str, Any]] = []
 
     def measure(label: str, runner: Any, model_dir: Path, window_batch: int, reps: int = 3) -> None:
-        opts = ChunkingOptions(batch_size=window_batch)
+        opts = ChunkingOptions(batch_size=window_batch, split_on_silence=not args.fixed_windows)
         transcribe(runner, waves, model_dir, chunking=opts)  # warm-up: graphs captured, allocator grown
         times = []
         for _ in range(reps):
@@ -186,6 +186,7 @@ def longform_probe(args: argparse.Namespace, env: dict[str, str]) -> int:
             times.append(time.perf_counter() - t0)
         p50 = float(np.median(times))
         rows.append({"runner": label, "recordings": int(batch), "seconds": seconds, "window_batch": window_batch,
+                     "fixed_windows": args.fixed_windows,
                      "p50_s": round(p50, 3), "x_real_time": round(audio_s / p50, 1), **env})
         log(f"{label:<28} window batch {window_batch:>3}: {p50:8.3f} s  {audio_s / p50:9.1f} x real time")
 
@@ -224,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only time long-form transcription of B recordings of S seconds (e.g. 16x600) through "
                         "chunked windows, fused fp16 at several window batches vs HF eager fp32")
     parser.add_argument("--window-batches", default="4,16,32,64", help="window batch sizes for --longform")
+    parser.add_argument("--fixed-windows", action="store_true",
+                        help="--longform without silence splitting: every window exactly chunk_s (one shape, no padding)")
     args = parser.parse_args(argv)
     if args.make_demo_npz:
         from asr_optimize.eval_data import load_eval_set
