@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                         "chunked windows, fused fp16 at several window batches vs HF eager fp32")
     parser.add_argument("--window-batches", default="4,16,32,64", help="window batch sizes for --longform")
     parser.add_argument("--fixed-windows", action="store_true",
-                        help="--longform without silence splitting: every window exactly chunk_s (one shape, no padding)")
+                        help="--longform without silence splitting: every window chunk_s long (one shape, no padding)")
     args = parser.parse_args(argv)
     if args.make_demo_npz:
         from asr_optimize.eval_data import load_eval_set
