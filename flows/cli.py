@@ -171,21 +171,21 @@ def bench(
 
 
 def production_spec(store_spec: str, model: str, device: str) -> Any:
-    """The runner spec of the model's ``production`` artifact, from the store's pointer (what the flow promoted)."""
+    """The runner spec of the model's ``production`` artifact, as the promote stage recorded it in the pointer."""
     from asr_optimize.runners.registry import RunnerSpec
     from asr_optimize.store import production_pointer, slugify_model
     from blocks.model_store import open_store
 
     pointer = open_store(store_spec).read_pointer(production_pointer(slugify_model(model)))
-    if not pointer or not pointer.get("candidate"):
+    if not pointer or not pointer.get("spec"):
         raise AsrOptimizeError(f"no production artifact for {model} in {store_spec}: run `asr-optimize run` first")
-    kind, variant, rest = pointer["candidate"].split(":", 2)
-    precision, _, _ = rest.partition("@")
-    path = Path(pointer["artifact"])
-    if not path.exists():
-        raise AsrOptimizeError(f"production artifact {pointer.get('artifact_id')} is not on this machine ({path})")
-    options = {"cuda_graph": True} if "graphs" in variant and kind == "onnxruntime" and device == "cuda" else {}
-    return RunnerSpec(kind=kind, variant=variant, precision=precision, device=device, path=path, options=options)
+    spec = RunnerSpec.model_validate(pointer["spec"])
+    if not spec.path.exists():
+        raise AsrOptimizeError(f"production artifact {pointer.get('artifact_id')} is not on this machine "
+                               f"({spec.path}); run `asr-optimize run` here to fetch or rebuild it")
+    if device != spec.device:  # e.g. a CUDA artifact tried on a laptop: same file, this machine's device
+        spec = spec.model_copy(update={"device": device, "options": {}})
+    return spec
 
 
 @app.command()

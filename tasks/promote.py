@@ -28,6 +28,7 @@ class PromotionDecision(BaseModel):
     candidate: str | None = None
     artifact: str | None = None  # local path of the chosen file on this worker (what deploy copies)
     artifact_id: str | None = None  # its identity in the store (what the pointer records)
+    spec: RunnerSpec | None = None  # how to run it (``asr-optimize transcribe --production`` rebuilds it from here)
     case: str | None = None
     latency_ms: float | None = None
     previous: dict[str, Any] | None = None
@@ -62,7 +63,7 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
     best = ok[ok["case"] == largest].sort_values("p50_ms").iloc[0]
     spec = artifacts[best["runner"]]
     identity = spec.artifact or str(spec.path)
-    decision = dict(candidate=spec.label, artifact=str(spec.path), artifact_id=identity, case=largest,
+    decision = dict(candidate=spec.label, artifact=str(spec.path), artifact_id=identity, spec=spec, case=largest,
                     latency_ms=float(best["p50_ms"]), previous=previous)
     if previous and identity in (previous.get("artifact_id"), previous.get("artifact")):
         return PromotionDecision(promoted=False, **decision, reason=f"{spec.label} is already in production")
@@ -97,6 +98,7 @@ def move_production_pointer(store: ArtifactStore, decision: PromotionDecision, d
     """Point the model's ``production`` at the promoted artifact (history kept; the old value stays there)."""
     store.write_pointer(production_pointer(slugify_model(model)), {
         "candidate": decision.candidate, "artifact_id": decision.artifact_id, "artifact": decision.artifact,
+        "spec": decision.spec.model_dump(mode="json") if decision.spec else None,
         "case": decision.case, "latency_ms": decision.latency_ms, "device": device, "model": model,
         "revision": revision, "deployment": deployment or {},
     })

@@ -71,3 +71,43 @@ def test_eval_source_forms() -> None:
     assert eval_source("data/test.tsv") == {"kind": "manifest", "path": "data/test.tsv"}
     assert eval_source("hf:mozilla/cv:hi:validation") == {
         "kind": "hf", "dataset_id": "mozilla/cv", "config": "hi", "split": "validation"}
+
+
+DEMO_AUDIO = sorted((Path(__file__).resolve().parents[1] / "asr_optimize/assets/demo-testset/audio").glob("*.flac"))
+
+
+def test_transcribe_prints_text_and_json_with_word_times() -> None:
+    import json
+
+    plain = runner.invoke(app, ["transcribe", str(DEMO_AUDIO[1])])
+    assert plain.exit_code == 0, plain.output
+    as_json = runner.invoke(app, ["transcribe", str(DEMO_AUDIO[1]), "--timestamps", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    doc = json.loads(as_json.output[as_json.output.index("{"):])
+    (item,) = doc["files"]
+    assert item["text"] and item["text"] in plain.output
+    words = item["words"]
+    assert [w["word"] for w in words] == item["text"].split()
+    assert all(0 <= w["start_s"] < w["end_s"] <= item["duration_s"] for w in words)
+
+
+def test_transcribe_production_runs_what_the_pointer_records(tmp_path: Path) -> None:
+    from asr_optimize.paths import DEFAULT_MODEL
+    from asr_optimize.runners.registry import RunnerSpec
+    from asr_optimize.store import LocalArtifactStore, production_pointer, slugify_model
+
+    store = LocalArtifactStore(tmp_path / "store")
+    missing = runner.invoke(app, ["transcribe", str(DEMO_AUDIO[0]), "--production", "--store", str(store.root)])
+    assert missing.exit_code == 2 and "no production artifact" in missing.output
+    spec = RunnerSpec(kind="pytorch", path=DEFAULT_MODEL)  # what promote records: the runner spec of the artifact
+    store.write_pointer(production_pointer(slugify_model(str(DEFAULT_MODEL))), {
+        "candidate": spec.label, "artifact_id": "test", "spec": spec.model_dump(mode="json")})
+    via_pointer = runner.invoke(app, ["transcribe", str(DEMO_AUDIO[0]), "--production", "--store", str(store.root)])
+    direct = runner.invoke(app, ["transcribe", str(DEMO_AUDIO[0])])
+    assert via_pointer.exit_code == 0, via_pointer.output
+    assert via_pointer.output.splitlines()[-1] == direct.output.splitlines()[-1]
+
+
+def test_transcribe_names_a_missing_file(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["transcribe", str(tmp_path / "nope.wav")])
+    assert result.exit_code == 2 and "nope.wav" in result.output
