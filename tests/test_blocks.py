@@ -123,3 +123,19 @@ def test_prefect_results_and_task_cache_on_s3(prefect_api: None, moto_s3: MotoSe
     assert calls == [7]  # the second run was served from the cache record in S3
     assert any(token in key for key in moto_s3.keys(bucket, "asr-optimize/prefect-results/"))
     assert isinstance(open_store("block:asr-optimize-store"), S3ArtifactStore)
+
+
+def test_flow_takes_the_triton_target_from_its_block(prefect_api: None, tmp_path: Path) -> None:
+    from asr_optimize.errors import AsrOptimizeError
+    from flows.asr_optimize import triton_options_from_block
+    from tasks.deploy_triton import TritonOptions
+
+    TritonTarget(http_url="http://triton.internal:8000", repository=str(tmp_path / "repo"), model_name="am",
+                 pipeline_name="asr_hi").save("prod-triton", overwrite=True)
+    opts = triton_options_from_block(TritonOptions(target_block="prod-triton"))
+    assert (opts.url, opts.repository) == ("http://triton.internal:8000", tmp_path / "repo")
+    assert (opts.swap.model_name, opts.swap.pipeline_name) == ("am", "asr_hi")
+    assert triton_options_from_block(TritonOptions()).url is None  # no block named: options as given
+    TritonTarget(repository="s3://models/triton").save("s3-triton", overwrite=True)
+    with pytest.raises(AsrOptimizeError, match="s3:// repository"):
+        triton_options_from_block(TritonOptions(target_block="s3-triton"))
