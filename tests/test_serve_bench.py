@@ -145,3 +145,23 @@ def test_repository_options_render(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ascending"):
         repo_mod.BatchingOptions(buckets_s=[5.0, 2.0])
     shutil.rmtree(tmp_path / "python_onnxruntime")
+
+
+@pytest.mark.slow
+def test_ten_minute_request_through_the_served_pipeline_matches_local(deployed) -> None:
+    """#14's serving goal: a 10-minute recording sent as one request to the default ``asr`` pipeline returns the text
+    the local path (``asr_optimize.transcribe`` with default chunking) gives, and a sensible WER against its script."""
+    from asr_optimize.eval_data import load_eval_set
+    from asr_optimize.longform_data import build_recording
+    from asr_optimize.metrics import wer_cer
+    from asr_optimize.runners.ort_runner import OrtRunner
+    from asr_optimize.transcribe import transcribe
+
+    server, onnx, _ = deployed
+    recording = build_recording(load_eval_set().utterances, minutes=10)
+    assert recording.audio.size == 10 * 60 * 16000
+    (served,) = _transcripts(server, [recording.audio])
+    local = transcribe(OrtRunner(onnx), [recording.audio], DEMO_MODEL)
+    assert local.windows[0] > 100  # cut at silences, not one pass
+    assert served == local.texts[0]
+    assert wer_cer([recording.text], [served]).wer < 0.25
