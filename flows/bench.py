@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
 from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.eval_data import load_eval_set
 from asr_optimize.model_source import ResolvedModel, init_random_model, resolve_model
-from asr_optimize.parity import parity_audio
 from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
 from asr_optimize.runners.registry import RunnerSpec, baseline_label
 from asr_optimize.settings import get_settings
@@ -78,15 +78,16 @@ class BuiltArtifacts(BaseModel):
         return [self.export, self.optimized, self.engines, self.fused]
 
 
-def build_artifacts(store: ArtifactStore, model: ResolvedModel, caps: Capabilities, device: str) -> BuiltArtifacts:
+def build_artifacts(store: ArtifactStore, model: ResolvedModel, caps: Capabilities, device: str,
+                    demo_audio: list[np.ndarray]) -> BuiltArtifacts:
     """Export, optimize and build engines (TensorRT where it exists, the fused engines on CUDA), all through the
-    store's cache: the same stage functions the flow runs."""
-    waves = parity_audio(4)
+    store's cache: the same stage functions the flow runs. ``demo_audio``: the demo test set's utterances (parity on
+    the first 4, as ``parity.parity_audio`` gives the flow; fp8 calibration on all)."""
+    waves = demo_audio[:4]
     export = export_stage(store, model, ExportOptions(), waves)
     optimized = optimize_stage(store, model, export, OptimizeOptions(), waves)
     engines = build_engines(store, model, optimized, caps, EngineOptions(), export)
-    calibration = [u.audio for u in load_eval_set().utterances]
-    fused = build_fused_engines(store, model, FusedBuildOptions(), device, calibration)
+    fused = build_fused_engines(store, model, FusedBuildOptions(), device, demo_audio)
     return BuiltArtifacts(export=export, optimized=optimized, engines=engines, fused=fused)
 
 
@@ -121,7 +122,9 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model = resolve_model(opts.model) if opts.model else resolve_model(str(replica_model(get_settings().cache_root)))
     log.info("bench: model %s (%s), device %s (%s)", model.source, model.revision, opts.device, caps.gpu_name)
-    built = build_artifacts(store, model, caps, opts.device)
+    demo_set = load_eval_set()  # read once: parity audio, fp8 calibration and the accuracy check all use it
+    demo_audio = [u.audio for u in demo_set.utterances]
+    built = build_artifacts(store, model, caps, opts.device, demo_audio)
     summary: dict[str, Any] = {
         "machine": caps.gpu_name or platform.processor() or platform.machine(), "host": platform.node(),
         "torch": caps.torch_version, "onnxruntime": caps.onnxruntime_version, "ort_providers": caps.ort_providers,
@@ -141,8 +144,8 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     accuracy = pd.DataFrame()
     if not opts.skip_accuracy:
         demo = resolve_model(opts.accuracy_model)
-        demo_specs = suite_specs(demo, build_artifacts(store, demo, caps, opts.device), caps, opts)
-        evaluation = evaluate_backends(demo_specs, load_eval_set(), demo.local_dir, EvaluateOptions(), out)
+        demo_specs = suite_specs(demo, build_artifacts(store, demo, caps, opts.device, demo_audio), caps, opts)
+        evaluation = evaluate_backends(demo_specs, demo_set, demo.local_dir, EvaluateOptions(), out)
         accuracy = evaluation.table()
         accuracy.to_csv(out / "accuracy.csv", index=False)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -77,4 +77,4 @@ def fused_runner_specs(result: StageResult) -> list[RunnerSpec]:
     ]
 
 
-fused_task = stage_task(build_fused_engines, name="fused-engines", tags=["gpu"])
+fused_task = stage_task(build_fused_engines, name="fused-engines")  # the flow adds `gpu` on CUDA (on_device)
