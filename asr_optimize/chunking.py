@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -292,7 +293,7 @@ def recording_stats(wave: np.ndarray, block: int = 1 << 20) -> tuple[float, floa
 def run_windows(
     waves: list[np.ndarray],
     plans: list[list[Window]],
-    infer: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    infer: Callable[[np.ndarray, np.ndarray | None], np.ndarray],
     vocab_size: int,
     blank_id: int,
     delimiter_id: int,
@@ -301,8 +302,10 @@ def run_windows(
     frame_samples: int = 320,
     receptive_samples: int = DEFAULT_RECEPTIVE_SAMPLES,
     bucket: int = 16000,
+    prefetch: bool = True,
 ) -> list[np.ndarray]:
-    """Run planned windows through ``infer(values [b, samples] f32, mask [b, samples] i64) -> logits [b, frames, V]``
+    """Run planned windows through ``infer(values [b, samples] f32, mask [b, samples] i64 | None) -> logits [b, frames,
+    V]`` (mask None: no padding)
     and return each recording's ``[frames, vocab]`` logits (skipped silences: blank, first frame a delimiter).
 
     The one implementation behind ``asr_optimize.transcribe`` and the Triton ``asr`` pipeline, so both give the same
@@ -311,7 +314,9 @@ def run_windows(
     (``"recording"``) or not at all (``None``). Batch widths are rounded up to ``bucket`` samples, but never past the
     longest window planned: few distinct shapes keep the allocator from fragmenting (measured: peak RSS of a 30-minute
     recording 1773 MB with exact widths, 982 MB bucketed), full-chunk windows run unpadded, and an engine whose max
-    shape is one chunk keeps working; padding is masked.
+    shape is one chunk keeps working; padding is masked. With ``prefetch`` one helper thread builds the next batch
+    (slicing, normalization, padding: numpy, which releases the GIL) while ``infer`` runs the current one, so a
+    fast GPU runner does not wait for the host between batches; at most two batches are in memory.
     """
     fill, boundary = silence_rows(vocab_size, blank_id, delimiter_id)
     stats = [recording_stats(w) if normalization == "recording" else None for w in waves]
@@ -320,8 +325,11 @@ def run_windows(
                    key=lambda kj: plans[kj[0]][kj[1]].num_samples)
     outputs = [stitch([], [], num_frames(w.size, frame_samples, receptive_samples), fill, frame_samples=frame_samples)
                for w in waves]
-    for start in range(0, len(queue), batch_size):
-        group = queue[start : start + batch_size]
+    groups = [queue[start : start + batch_size] for start in range(0, len(queue), batch_size)]
+
+    def build(group: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The padded batch of a group of windows; no mask when every window fills the width (the common case of
+        long speech: full-chunk windows), which spares runners an all-ones mask of 8 bytes per sample."""
         width = max(plans[k][j].num_samples for k, j in group)
         width = max(width, min(-(-width // bucket) * bucket, longest))
         values = np.zeros((len(group), width), dtype=np.float32)
@@ -336,11 +344,26 @@ def run_windows(
                 piece = (piece - piece.mean()) / np.sqrt(piece.var() + 1e-7)
             values[row, : piece.size] = piece
             mask[row, : piece.size] = 1
-        logits = np.asarray(infer(values, mask))
+        full = all(plans[k][j].num_samples == width for k, j in group)
+        return values, (None if full else mask)
+
+    def scatter(group: list[tuple[int, int]], logits: np.ndarray) -> None:
         for row, (k, j) in enumerate(group):
             window = plans[k][j]
             first = window.start // frame_samples + window.keep_from
             outputs[k][first : first + window.num_kept] = logits[row, window.keep_from : window.keep_to]
+
+    if prefetch and len(groups) > 1:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="window-prefetch") as pool:
+            pending = pool.submit(build, groups[0])
+            for index, group in enumerate(groups):
+                values, mask = pending.result()
+                if index + 1 < len(groups):
+                    pending = pool.submit(build, groups[index + 1])
+                scatter(group, np.asarray(infer(values, mask)))
+    else:
+        for group in groups:
+            scatter(group, np.asarray(infer(*build(group))))
     for out, plan in zip(outputs, plans, strict=True):
         for frame in gap_starts(plan, frame_samples):
             out[frame] = boundary

@@ -196,6 +196,8 @@ def longform_probe(args: argparse.Namespace, env: dict[str, str]) -> int:
     fused = FusedRunner(work / "fp16", device="cuda", precision="fp16")
     for window_batch in (int(v) for v in args.window_batches.split(",")):
         measure("fused fp16 + graphs", fused, work / "fp16", window_batch)
+    if args.profile:
+        longform_profile(args, fused, work / "fp16", waves, env)
     fused.close()
 
     with open(args.out / "longform.csv", "w", newline="") as handle:
@@ -206,6 +208,72 @@ def longform_probe(args: argparse.Namespace, env: dict[str, str]) -> int:
     for r in rows:
         print(f"| {r['runner']} | {r['window_batch']} | {r['p50_s']} | {r['x_real_time']:,} |")
     return 0
+
+
+def longform_profile(args: argparse.Namespace, runner: Any, model_dir: Path, waves: list[np.ndarray],
+                     env: dict[str, str]) -> None:
+    """Where long-form time goes: the runner's own speed at the window shape, wall time inside ``infer`` vs the
+    host around it, the host's top functions (cProfile) and CUDA kernel time per category (torch.profiler)."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from asr_optimize.transcribe import ChunkingOptions, transcribe
+
+    window_batch = int(args.window_batches.split(",")[-1])
+    opts = ChunkingOptions(batch_size=window_batch, split_on_silence=not args.fixed_windows)
+    lines = [f"env {env}", f"window batch {window_batch}, chunk {opts.chunk_s} s, stride {opts.stride_s} s"]
+    for batch in sorted({1, window_batch}):
+        t = time_runner(runner, batch, opts.chunk_s, reps=10)
+        lines.append(f"runner alone at {batch} x {opts.chunk_s:g} s: p50 {t['p50_ms']:.2f} ms = "
+                     f"{t['x_real_time']:,.0f} x real time")
+
+    class Timed:
+        """The runner, with the wall time and shapes of every ``infer`` call recorded."""
+
+        def __init__(self) -> None:
+            self.seconds, self.shapes = 0.0, []
+
+        def infer(self, values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+            t0 = time.perf_counter()
+            out = runner.infer(values, mask)
+            self.seconds += time.perf_counter() - t0
+            self.shapes.append((values.shape, bool(mask is not None and not mask.all())))
+            return out
+
+    timed = Timed()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    transcribe(timed, waves, model_dir, chunking=opts)
+    total = time.perf_counter() - t0
+    shapes = sorted({s for s in timed.shapes})
+    lines.append(f"transcribe: {total:.3f} s, inside infer {timed.seconds:.3f} s over {len(timed.shapes)} calls, "
+                 f"{len(shapes)} distinct (shape, padded) keys: {shapes[:12]}")
+    prof = cProfile.Profile()
+    prof.enable()
+    transcribe(runner, waves, model_dir, chunking=opts)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(25)
+    lines.append(buf.getvalue())
+    with profile(activities=[ProfilerActivity.CUDA]) as kprof:
+        transcribe(runner, waves, model_dir, chunking=opts)
+    torch.cuda.synchronize()
+    cats = dict.fromkeys(CATEGORIES, 0.0)
+    per_kernel: dict[str, float] = {}
+    for evt in kprof.events():
+        if evt.device_type == torch.autograd.DeviceType.CUDA:
+            cats[categorize(evt.name)] += evt.device_time / 1e3
+            per_kernel[evt.name[:100]] = per_kernel.get(evt.name[:100], 0.0) + evt.device_time / 1e3
+    lines.append("CUDA kernel ms per transcribe: " + ", ".join(f"{k} {v:.1f}" for k, v in cats.items())
+                 + f", total {sum(cats.values()):.1f}")
+    lines += [f"  {ms:9.1f} ms  {name}" for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:15]]
+    text = "\n".join(lines)
+    (args.out / "longform_profile.txt").write_text(text + "\n", encoding="utf-8")
+    log(text[:3000])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,12 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-hf32-big", action="store_true", help="skip HF fp32 at 16/64 x 10 s")
     parser.add_argument("--variants", default="exactgelu,fp8exactgelu",
                         help="extra fused variants: nograph, noepilogue, notriton, flash, efficient, cudnn, fp8rows, "
-                        "exactgelu, fp8exactgelu")
+                        "exactgelu, fp8exactgelu, cublaslt, fp8cublaslt")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile(freezing) of the forward")
     parser.add_argument("--longform", metavar="BxS", default="",
                         help="only time long-form transcription of B recordings of S seconds (e.g. 16x600) through "
                         "chunked windows, fused fp16 at several window batches vs HF eager fp32")
     parser.add_argument("--window-batches", default="4,16,32,64", help="window batch sizes for --longform")
+    parser.add_argument("--profile", action="store_true",
+                        help="--longform: also write longform_profile.txt (runner alone at the window shape, time "
+                        "inside infer vs host, cProfile, CUDA kernels per category)")
     parser.add_argument("--fixed-windows", action="store_true",
                         help="--longform without silence splitting: every window chunk_s long (one shape, no padding)")
     args = parser.parse_args(argv)
@@ -383,8 +454,11 @@ def main(argv: list[str] | None = None) -> int:
                 "notriton": {"use_triton": False}, "flash": {"sdpa_backend": "flash"},
                 "efficient": {"sdpa_backend": "efficient"}, "cudnn": {"sdpa_backend": "cudnn"},
                 "fp8rows": {"fp8_min_rows": 1024}, "exactgelu": {"fast_gelu": False, "gelu_epilogue": False},
-                "fp8exactgelu": {"fast_gelu": False}}[variant]
+                "fp8exactgelu": {"fast_gelu": False}, "cublaslt": {}, "fp8cublaslt": {}}[variant]
         precision = "fp8" if variant.startswith("fp8") else "fp16"
+        blas = torch.backends.cuda.preferred_blas_library()
+        if variant.endswith("cublaslt"):  # every GEMM through cuBLASLt (its heuristics pick other small-M kernels)
+            torch.backends.cuda.preferred_blas_library("cublaslt")
         try:
             runner = FusedRunner(eng, device="cuda", precision=precision, **opts)
             timed(f"fused {precision} {variant}", runner, [(1, 1.0), (64, 10.0)])
@@ -394,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             runner.close()
         except Exception as exc:
             log(f"variant {variant} failed: {type(exc).__name__}: {exc}")
+        finally:
+            torch.backends.cuda.preferred_blas_library(blas)
     write_csv(args.out / "correctness.csv", check_rows)
 
     # -- 5. kernel breakdown ---------------------------------------------------------------------------------

@@ -11,11 +11,13 @@ file loading, the duration limit and a JSON-ready result for the ``asr-optimize 
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,6 +48,9 @@ from asr_optimize.ctc import (
     word_timestamps,
 )
 from asr_optimize.errors import AudioInputError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class Runner(Protocol):
@@ -155,7 +160,8 @@ def transcribe(
     vocab = CtcVocabulary.from_model_dir(model_dir)
     hop, field_ = conv_geometry(model_dir)
     frame_s = hop / SAMPLE_RATE
-    checked = [check_recording(w, f"utterance {i}", opts.max_duration_s) for i, w in enumerate(waves)]
+    checked = list(_map_threads(lambda iw: check_recording(iw[1], f"utterance {iw[0]}", opts.max_duration_s),
+                                list(enumerate(waves))))
     n = len(checked)
     texts: list[str] = [""] * n
     logits_out: list[np.ndarray] = [np.empty(0)] * n
@@ -182,7 +188,7 @@ def transcribe(
             counts[index] = 1
 
     if long:
-        plans = [_plan(checked[i], opts, hop, field_) for i in long]
+        plans = list(_map_threads(lambda i: _plan(checked[i], opts, hop, field_), long))
         stitched = run_windows(
             [checked[i] for i in long], plans, runner.infer, len(vocab.tokens), vocab.blank_id,
             vocab.tokens.index(vocab.word_delimiter), opts.batch_size, opts.normalization if normalize else None,
@@ -196,6 +202,15 @@ def transcribe(
         texts[i] = greedy_decode(logits_out[i][None], np.array([logits_out[i].shape[0]]), vocab)[0]
     words = [word_timestamps(lg, vocab, frame_s) if lg.size else [] for lg in logits_out] if timestamps else None
     return TranscribeResult(texts=texts, logits=logits_out, words=words, windows=counts)
+
+
+def _map_threads(fn: Callable[[T], R], items: list[T]) -> Iterator[R]:
+    """``map`` over threads for per-recording host passes (finite check, silence search: numpy, which releases the
+    GIL). Why: for 16 ten-minute recordings these took ~0.5 s of a 3.4 s GPU run, one recording after another."""
+    if len(items) < 2:
+        return map(fn, items)
+    with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1, 8)) as pool:
+        return iter(list(pool.map(fn, items)))
 
 
 def _plan(wave: np.ndarray, opts: ChunkingOptions, hop: int, field_: int) -> list[Window]:
