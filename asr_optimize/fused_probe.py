@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-hf32-big", action="store_true", help="skip HF fp32 at 16/64 x 10 s")
     parser.add_argument("--variants", default="exactgelu,fp8exactgelu",
                         help="extra fused variants: nograph, noepilogue, notriton, flash, efficient, cudnn, fp8rows, "
-                        "exactgelu, fp8exactgelu, cublaslt, fp8cublaslt")
+                        "exactgelu, fp8exactgelu, cublaslt, fp8cublaslt, noresidual")
     parser.add_argument("--compile", action="store_true", help="also try torch.compile(freezing) of the forward")
     parser.add_argument("--longform", metavar="BxS", default="",
                         help="only time long-form transcription of B recordings of S seconds (e.g. 16x600) through "
@@ -454,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
                 "notriton": {"use_triton": False}, "flash": {"sdpa_backend": "flash"},
                 "efficient": {"sdpa_backend": "efficient"}, "cudnn": {"sdpa_backend": "cudnn"},
                 "fp8rows": {"fp8_min_rows": 1024}, "exactgelu": {"fast_gelu": False, "gelu_epilogue": False},
-                "fp8exactgelu": {"fast_gelu": False}, "cublaslt": {}, "fp8cublaslt": {}}[variant]
+                "fp8exactgelu": {"fast_gelu": False}, "cublaslt": {}, "fp8cublaslt": {},
+                "noresidual": {"residual_epilogue": False}}[variant]
         precision = "fp8" if variant.startswith("fp8") else "fp16"
         blas = torch.backends.cuda.preferred_blas_library()
         if variant.endswith("cublaslt"):  # every GEMM through cuBLASLt (its heuristics pick other small-M kernels)

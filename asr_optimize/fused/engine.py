@@ -221,8 +221,9 @@ class FusedModel:
     def __init__(self, arch: dict[str, Any], weights: dict[str, torch.Tensor], device: str | torch.device,
                  dtype: torch.dtype, fp8: dict[str, Any] | None = None, use_triton: bool = True,
                  gelu_epilogue: bool = False, group_norm_stats: str = "valid", sdpa_backend: str | None = None,
-                 fp8_min_rows: int = 0, fast_gelu: bool = False) -> None:
+                 fp8_min_rows: int = 0, fast_gelu: bool = False, residual_epilogue: bool = True) -> None:
         self.arch = arch
+        self.residual_epilogue = residual_epilogue
         self.device = torch.device(device)
         self.dtype = dtype
         self.use_triton = use_triton and K.triton_usable(self.device)
@@ -419,6 +420,15 @@ class FusedModel:
             qkv_in = y if stable else self._maybe_quant(h, f"{p}.qkv")
             qkv = self._gemm(qkv_in, f"{p}.qkv")
             att = self._attention(qkv, batch, frames, attn_mask)
+            if stable and self._residual_in_gemm():
+                h = self._into_residual(h, att, f"{p}.out")
+                h, y = self._ln_for(h, None, i, "up", store_sum=True, bias=self.w.get(f"{p}.out.b"))
+                h = self._into_residual(h, self._gemm(y, f"{p}.up", gelu=True), f"{p}.down")
+                if i + 1 < nl:
+                    h, y = self._ln_for(h, None, i + 1, "qkv", store_sum=True, bias=self.w.get(f"{p}.down.b"))
+                else:
+                    _, y = K.add_ln(h, None, self.w.get(f"{p}.down.b"), None, None, eps, use_triton=self.use_triton)
+                continue
             o = self._gemm(self._maybe_quant(att, f"{p}.out"), f"{p}.out")
             if stable:
                 h, y = self._ln_for(o, h, i, "up", store_sum=True)
@@ -441,17 +451,28 @@ class FusedModel:
 
     # -- transformer helpers -------------------------------------------------------------------------------------
     def _ln_for(self, x: torch.Tensor, residual: torch.Tensor | None, layer: int, gemm: str,
-                store_sum: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Pre-LN: residual add + LayerNorm (affine folded away) feeding ``layers.{layer}.{gemm}``; fp8 out if fp8."""
+                store_sum: bool = False, bias: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Pre-LN: residual add (+ bias) + LayerNorm (affine folded away) feeding ``layers.{layer}.{gemm}``; fp8 out
+        if fp8."""
         name = f"layers.{layer}.{gemm}"
         inv = None
         if self._fp8_on:
             inv = 1.0 / self.fp8["act"][name]
-        summed, y = K.add_ln(x, residual, None, None, None, self.arch["layer_norm_eps"], store_sum=store_sum,
+        summed, y = K.add_ln(x, residual, bias, None, None, self.arch["layer_norm_eps"], store_sum=store_sum,
                              fp8_inv_scale=inv, use_triton=self.use_triton)
-        if residual is None:
+        if residual is None and bias is None:
             summed = x
         return summed, y
+
+    def _residual_in_gemm(self) -> bool:
+        """Pre-LN fp16/fp32: the out and FFN-down GEMMs add into the residual stream (beta = 1) and their bias goes
+        to the next add+LayerNorm pass, which then reads one tensor instead of two (~1 ms of 54 at 64 x 10 s on the
+        H100). Not with fp8 (``_scaled_mm`` has no C input) nor while calibrating (it records GEMM inputs)."""
+        return self.residual_epilogue and not self._fp8_on and self.calib is None
+
+    def _into_residual(self, residual: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
+        """``residual += x @ W^T`` in place: cuBLAS reads the residual as C in its epilogue."""
+        return residual.addmm_(x, self.w[f"{name}.w"].t())
 
     def _maybe_quant(self, x: torch.Tensor, name: str, gelu: bool = False) -> torch.Tensor:
         if not self._fp8_on:

@@ -98,7 +98,8 @@ class FusedRunner(TorchOutputs, Runner):
     GELU; CUDA only), ``fast_gelu`` (the same tanh-form GELU inside the Triton kernels: feature encoder, fp8
     quantize), ``sdpa_backend`` (flash | cudnn | efficient | math), ``fp8_min_rows``, ``group_norm_stats``,
     ``bucket_seconds`` (graph mode without configured buckets: pad to whole seconds, batch to a power of two),
-    ``max_graphs`` (past it, new shapes run eagerly).
+    ``max_graphs`` (past it, new shapes run eagerly), ``residual_epilogue`` (pre-LN: the out / FFN-down GEMMs add
+    into the residual stream).
     """
 
     backend = "fused"
@@ -107,7 +108,7 @@ class FusedRunner(TorchOutputs, Runner):
                  buckets: list[tuple[int, int]] | None = None, use_triton: bool = True,
                  gelu_epilogue: bool = True, group_norm_stats: str | None = None, sdpa_backend: str | None = None,
                  fp8_min_rows: int = FP8_MIN_ROWS, fast_gelu: bool = True, bucket_seconds: float = 1.0,
-                 max_graphs: int = 64, **kw: Any) -> None:
+                 max_graphs: int = 64, residual_epilogue: bool = True, **kw: Any) -> None:
         import torch
 
         if kw:
@@ -142,7 +143,7 @@ class FusedRunner(TorchOutputs, Runner):
         self.dtype = dtype
         self.model = FusedModel(self.arch, weights, device, dtype, fp8=fp8, use_triton=use_triton,
                                 gelu_epilogue=gelu_epilogue, sdpa_backend=sdpa_backend, fp8_min_rows=fp8_min_rows,
-                                fast_gelu=fast_gelu,
+                                fast_gelu=fast_gelu, residual_epilogue=residual_epilogue,
                                 group_norm_stats=group_norm_stats or meta.get("group_norm_stats", "valid"))
         del weights
         self.cuda_graphs = cuda_graphs and device == "cuda"

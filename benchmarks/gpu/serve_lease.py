@@ -1,6 +1,7 @@
 """Driver of ``serve_lease.sh`` on the GPU machine: GPU Triton repository, serve-bench sweep, reload soak.
 
 Stages (each fits one device command of <= 10 min; state lives in --work, which lasts while the machine is warm):
+  prepare-fused  the replica and its fused fp16 engine folder (the artifact for repo/soak instead of the ONNX)
   repo   start the bundled tritonserver on the GPU, deploy the replica fp16 artifact as v1 (GPU instances, length
          buckets, dynamic batching) through the real hot_swap, stop it; the repository stays in <work>/repo
   bench  start the server on that repository, run serve-bench (pipeline + acoustic; 1 s and 10 s; 1/4/16/64)
@@ -55,17 +56,43 @@ def server(args: argparse.Namespace, load: bool) -> TritonServer:
     return TritonServer(args.work / "repo", load=models, work_dir=args.work / "server", log_verbose=0)
 
 
+def stage_prepare_fused(args: argparse.Namespace) -> None:
+    """The replica (random weights) and its fused fp16 engine folder: the artifact the fused-engine stage builds."""
+    from asr_optimize.model_source import init_random_model
+    from asr_optimize.paths import REPLICA_CONFIG
+    from asr_optimize.runners.fused_engine import FusedEngineOptions, build_fused_engine
+
+    if not (args.model_dir / "config.json").is_file():
+        init_random_model(REPLICA_CONFIG, args.model_dir, seed=0)
+    engine = args.work / "engine-fp16"
+    if not (engine / "engine.json").is_file():
+        metrics = build_fused_engine(args.model_dir, engine, FusedEngineOptions(precision="fp16"))
+        print("fused fp16 engine:", {k: v for k, v in metrics.items() if k != "folded"}, flush=True)
+    (args.work / "artifact.txt").write_text(str(engine))
+
+
+def reference_runner(artifact: Path):
+    """The in-process runner of the artifact (the canary's reference): fused engine folder or ONNX file."""
+    if artifact.is_dir():
+        from asr_optimize.runners.fused_engine import FusedRunner
+
+        return FusedRunner(artifact, device="cuda", precision="fp16")
+    from asr_optimize.runners.ort_runner import OrtRunner, available_providers
+
+    return OrtRunner(artifact, "cuda" if "cuda" in available_providers() else "cpu", precision="fp16")
+
+
 def stage_repo(args: argparse.Namespace) -> None:
     artifact = Path((args.work / "artifact.txt").read_text().strip())
     shutil.rmtree(args.work / "repo", ignore_errors=True)
-    from asr_optimize.runners.ort_runner import OrtRunner, available_providers
     from asr_optimize.transcribe import transcribe
 
     utts = canary()
     waves = [u.audio for u in utts]
-    provider = "cuda" if "cuda" in available_providers() else "cpu"
-    reference, _ = transcribe(OrtRunner(artifact, provider, precision="fp16"), waves, args.model_dir)
-    print(f"in-process reference ({provider}):", reference[:2], flush=True)
+    runner = reference_runner(artifact)
+    reference, _ = transcribe(runner, waves, args.model_dir)
+    runner.close()
+    print(f"in-process reference ({runner.label or type(runner).__name__}):", reference[:2], flush=True)
     with server(args, load=False) as running:
         # random weights: the canary runs for real, the gate is open (SPEED_ONLY); accuracy is tested on CPU
         decision = hot_swap(running.repository, artifact, args.model_dir,
@@ -97,10 +124,10 @@ def stage_bench(args: argparse.Namespace) -> None:
 
 def stage_soak(args: argparse.Namespace) -> None:
     artifact = Path((args.work / "artifact.txt").read_text().strip())
-    copy = args.work / "artifact-b" / "model.onnx"
-    if not copy.is_file():
+    copy = args.work / "artifact-b" / artifact.name  # a second version: same content, another store path
+    if not copy.exists():
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(artifact, copy)
+        (shutil.copytree if artifact.is_dir() else shutil.copy2)(artifact, copy)
     utts = canary()
     with server(args, load=True) as running:
         try:
@@ -118,12 +145,12 @@ def stage_soak(args: argparse.Namespace) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("stage", choices=["repo", "bench", "soak"])
+    parser.add_argument("stage", choices=["prepare-fused", "repo", "bench", "soak"])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--model-dir", type=Path, required=True, help="the replica model folder (config, vocab)")
     parser.add_argument("--device", default="")
-    parser.add_argument("--label", default="replica fp16, ORT CUDA (speed only)")
+    parser.add_argument("--label", default=os.environ.get("LABEL", "replica fp16, ORT CUDA (speed only)"))
     parser.add_argument("--instance-kind", default=os.environ.get("INSTANCE_KIND", "KIND_GPU"),
                         choices=["KIND_GPU", "KIND_CPU"], help="KIND_CPU only for a dry run of this script on a CPU")
     parser.add_argument("--instances", type=int, default=int(os.environ.get("INSTANCES", "2")))
@@ -140,7 +167,8 @@ def main() -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     try:
-        {"repo": stage_repo, "bench": stage_bench, "soak": stage_soak}[args.stage](args)
+        {"prepare-fused": stage_prepare_fused, "repo": stage_repo, "bench": stage_bench,
+         "soak": stage_soak}[args.stage](args)
     except BaseException:
         (args.out / f"{args.stage}-error.txt").write_text(traceback.format_exc())
         raise

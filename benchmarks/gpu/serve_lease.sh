@@ -5,6 +5,7 @@
 #
 #   bash benchmarks/gpu/serve_lease.sh check     # versions, GPU, stub environment, CUDA EP inside the stub env
 #   bash benchmarks/gpu/serve_lease.sh prepare   # replica fp16 optimized ONNX (asr-optimize bench --prepare-only)
+#   bash benchmarks/gpu/serve_lease.sh prepare-fused  # or: the replica's fused fp16 engine folder (torch only)
 #   bash benchmarks/gpu/serve_lease.sh repo      # GPU Triton repository: v1 deployed through the real hot_swap
 #   bash benchmarks/gpu/serve_lease.sh bench     # serve-bench: pipeline + acoustic, 1 s + 10 s, concurrency 1/4/16/64
 #   bash benchmarks/gpu/serve_lease.sh soak      # 20 hot-swaps under load, GPU memory after each
@@ -59,7 +60,7 @@ stub_env() {
   sys_site=$($PY -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   if $PY -c 'import numpy, sys; sys.exit(int(numpy.__version__.split(".")[0]) < 2)'; then
     local wheel
-    wheel=$(ls .gpu-wheels/numpy1/numpy-1.*-cp312-*.whl 2>/dev/null | head -1 || true)
+    wheel=$(ls .gpu-wheels/numpy1/numpy-1.*-cp312-*.whl .whl/numpy1/numpy-1.*-cp312-*.whl 2>/dev/null | head -1 || true)
     if [ -z "$wheel" ]; then
       echo "the image has numpy 2 and no numpy<2 wheel was carried (.gpu-wheels/numpy1/): the python backend stub" \
            "would corrupt tensors. Stage one (see the header of this script)." >&2
@@ -67,7 +68,8 @@ stub_env() {
     fi
     $PY -m pip install -q --no-index --no-deps --target "$site" "$wheel"
   fi
-  printf 'import site; site.addsitedir("/tmp/site"); site.addsitedir("%s")\n' "$sys_site" \
+  # the repository root last: the fused engine's python backend imports asr_optimize from it
+  printf 'import site; site.addsitedir("/tmp/site"); site.addsitedir("%s"); site.addsitedir("%s")\n' "$sys_site" "$root" \
     > "$site/zz_asr_optimize_parent_env.pth"
   echo "stub env for the triton python backend: numpy<2, /tmp/site, $sys_site" > "$WORK/stubenv/ok"
 }
@@ -75,8 +77,13 @@ stub_env() {
 check() {
   { echo "## machine"; nvidia-smi || true; echo; $PY --version
     $PY - <<'PY'
-import importlib, numpy, onnxruntime as ort
-print("numpy", numpy.__version__, "| onnxruntime", ort.__version__, ort.get_available_providers())
+import importlib, numpy
+print("numpy", numpy.__version__)
+try:
+    import onnxruntime as ort
+    print("onnxruntime", ort.__version__, ort.get_available_providers())
+except ImportError as exc:
+    print("no onnxruntime (a fused-engine lease does not need it):", exc)
 from asr_optimize.capabilities import find_tritonserver
 print("tritonserver:", find_tritonserver())
 for name in ("tritonclient.grpc.aio", "prefect", "altair", "vl_convert"):
@@ -86,8 +93,8 @@ for name in ("tritonclient.grpc.aio", "prefect", "altair", "vl_convert"):
         print("MISSING", name, exc)
 PY
     echo "## inside the stub's environment (what the python backend will import)"
-    "$WORK/stubenv/bin/python3" -c 'import numpy, onnxruntime as ort; print("numpy", numpy.__version__,
-"| onnxruntime", ort.__version__, ort.get_available_providers())'
+    "$WORK/stubenv/bin/python3" -c 'import numpy, torch; print("numpy", numpy.__version__, "| torch", torch.__version__,
+torch.cuda.is_available()); from asr_optimize.runners.fused_engine import FusedRunner; print("fused engine importable")'
   } 2>&1 | tee "$OUT/check.txt"
 }
 
@@ -117,6 +124,7 @@ nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$OUT/
 case "$stage" in
   check) stub_env; check ;;
   prepare) prepare ;;
+  prepare-fused) run_stage prepare-fused ;;
   repo) stub_env; run_stage repo ;;
   bench)
     stub_env
@@ -128,7 +136,7 @@ case "$stage" in
     # shellcheck disable=SC2086
     run_stage bench --concurrency ${CONCURRENCY:-1 4 16 64} --durations ${DURATIONS:-1 10} --window-s "${WINDOW_S:-2}"
     run_stage soak --swaps "${SWAPS:-20}" ;;
-  *) echo "unknown stage $stage (check | prepare | repo | bench | soak | all)" >&2; exit 2 ;;
+  *) echo "unknown stage $stage (check | prepare | prepare-fused | repo | bench | soak | all)" >&2; exit 2 ;;
 esac
 nvidia-smi --query-gpu=index,name,memory.used,memory.total --format=csv > "$OUT/gpu-$stage-after.csv" 2>/dev/null || true
 echo "stage $stage done; results in $OUT:"; ls -R "$OUT" | head -50
