@@ -41,6 +41,9 @@ class TritonOptions(BaseModel):
     swap: SwapOptions = Field(default_factory=SwapOptions)
     canary_utterances: int = Field(16, ge=1)
     health_requests: int = Field(20, ge=1)
+    url_serves_fused: bool = False
+    """The Triton at ``url`` can serve fused engines: its python backend's environment has torch (CUDA build) and this
+    package installed (the stock NGC image has neither). The bundled server always can: its stub uses this venv."""
 
 
 def models_in_repository(root: Path) -> list[str]:
@@ -136,12 +139,16 @@ def health_check(
 def servable_kinds(opts: TritonOptions) -> set[str] | None:
     """Runner kinds whose artifacts the configured Triton can serve (None when deployment is off: no constraint).
 
-    The bundled tritonserver has the python backend only, which serves ONNX through ONNX Runtime; a Triton URL
-    (the NGC image) also serves TensorRT plans. The fused engines have no Triton backend yet.
+    The bundled tritonserver has the python backend only: ONNX through ONNX Runtime, and the fused engines through
+    ``fused_acoustic.py``, which imports torch and ``asr_optimize`` from this worker's environment. A Triton URL (the
+    NGC image) also serves TensorRT plans, and fused engines only when ``url_serves_fused`` says its python backend
+    can import them.
     """
     if not opts.enabled:
         return None
-    return {"onnxruntime"} if opts.url is None else {"onnxruntime", "tensorrt"}
+    if opts.url is None:
+        return {"onnxruntime", "fused"}
+    return {"onnxruntime", "tensorrt"} | ({"fused"} if opts.url_serves_fused else set())
 
 
 def deploy_stage(promotion: StageResult[PromotionDecision], eval_set: Any, model: ResolvedModel, caps: Capabilities,
@@ -159,19 +166,30 @@ def deploy_stage(promotion: StageResult[PromotionDecision], eval_set: Any, model
     if opts.url is None and not caps.tritonserver:
         return skipped(STAGE, "no Triton URL configured and no tritonserver binary found "
                               "(pip install --no-deps nvidia-pytriton==0.7.0)")
-    if opts.url is None and not decision.artifact.endswith(".onnx"):
-        return skipped(STAGE, "the bundled tritonserver serves only ONNX through its python backend; "
-                              f"{decision.artifact} needs a Triton URL (NGC image)")
+    artifact = Path(decision.artifact)
+    try:
+        kind = opts.swap.kind or repo_mod.kind_for_artifact(artifact)
+    except repo_mod.RepositoryError:
+        kind = None
+    if opts.url is None and kind not in repo_mod.PYTHON_KINDS:
+        return skipped(STAGE, "the bundled tritonserver serves only ONNX and fused engines through its python "
+                              f"backend; {decision.artifact} needs a Triton URL (NGC image)")
+    if opts.url is not None and kind == "python_fused" and not opts.url_serves_fused:
+        return skipped(STAGE, f"{decision.artifact} is a fused engine and the Triton at {opts.url} is not marked "
+                              "as able to import torch + asr_optimize (options.triton.url_serves_fused)")
     repository = Path(opts.repository).resolve()
     swap = opts.swap
-    if swap.batching.instance_kind == "auto" and opts.url is None and caps.cuda:
+    if swap.batching.instance_kind == "auto" and opts.url is None and (caps.cuda or kind == "python_fused"):
         # the bundled server runs on this worker: its acoustic model goes on the GPU the benchmark measured
-        swap = swap.model_copy(update={"batching": swap.batching.model_copy(update={"instance_kind": "KIND_GPU"})})
+        # (a fused engine on a worker without CUDA runs fp32 on CPU instances)
+        group = "KIND_GPU" if caps.cuda else "KIND_CPU"
+        swap = swap.model_copy(update={"batching": swap.batching.model_copy(update={"instance_kind": group})})
+    manifest = {"precision": decision.spec.precision} if decision.spec and decision.spec.kind == "fused" else None
     try:
         canary = canary_from_eval_set(eval_set, model.local_dir, limit=opts.canary_utterances)
         with triton_endpoint(opts.url, repository) as url:
-            result, _ = deploy(Path(decision.artifact), model.local_dir, repository, url, canary, swap,
-                               source=decision.candidate or "")
+            result, _ = deploy(artifact, model.local_dir, repository, url, canary, swap,
+                               source=decision.candidate or "", artifact_manifest=manifest)
             publish_deploy_artifact(result)
             if result.status == "ok":
                 health, report = health_check(url, repository, canary.waves, model_name=opts.swap.model_name,

@@ -26,7 +26,7 @@ STAGE = "promote"
 class PromotionDecision(BaseModel):
     promoted: bool
     candidate: str | None = None
-    artifact: str | None = None  # local path of the chosen file on this worker (what deploy copies)
+    artifact: str | None = None  # local path of the chosen file (fused: its engine folder) on this worker
     artifact_id: str | None = None  # its identity in the store (what the pointer records)
     spec: RunnerSpec | None = None  # how to run it (``asr-optimize transcribe --production`` rebuilds it from here)
     case: str | None = None

@@ -79,3 +79,28 @@ def test_production_is_kept_unless_clearly_faster(tmp_path: Path) -> None:
                                          "latency_ms": 90.0, "device": "cpu"})
     same = choose_candidate(SPECS, _evaluation(), _bench(30.0), store, "cpu", "m.production")
     assert not same.promoted and "already in production" in same.reason
+
+
+def test_fused_engine_is_promoted_only_where_triton_serves_it(tmp_path: Path) -> None:
+    """The bundled server serves fused engines (python backend + this venv); a Triton URL only when marked so."""
+    from tasks.deploy_triton import TritonOptions, servable_kinds
+
+    fused = RunnerSpec(kind="fused", variant="engine+graphs", precision="fp16", device="cuda",
+                       path=Path("/store/fused-fp16/k2"), artifact="fused-fp16:k2")
+    specs = [*SPECS, fused]
+    evaluation = _evaluation()
+    evaluation.backends.append(_entry(fused.label, 0.10))
+    rows = [*_bench(40.0).rows, {"runner": fused.label, "case": "4x5s", "batch": 4, "seconds": 5.0, "status": "ok",
+                                 "p50_ms": 10.0}]
+    bench = BenchmarkTable(rows=rows)
+    store = LocalArtifactStore(tmp_path)
+    bundled = choose_candidate(specs, evaluation, bench, store, "cuda", "m.production",
+                               servable=servable_kinds(TritonOptions(url=None)))
+    assert bundled.promoted and bundled.candidate == fused.label
+    assert bundled.artifact == "/store/fused-fp16/k2" and bundled.artifact_id == "fused-fp16:k2"
+    ngc = choose_candidate(specs, evaluation, bench, store, "cuda", "m.production",
+                           servable=servable_kinds(TritonOptions(url="triton:8000")))
+    assert ngc.promoted and ngc.candidate == FAST  # the fused engine is faster but that server cannot load it
+    marked = TritonOptions(url="triton:8000", url_serves_fused=True)
+    assert choose_candidate(specs, evaluation, bench, store, "cuda", "m.production",
+                            servable=servable_kinds(marked)).candidate == fused.label

@@ -13,7 +13,7 @@ from asr_optimize.triton.repository import BatchingOptions, RepositoryError
 pytest.importorskip("tritonclient.grpc", reason="tritonclient[grpc] provides Triton's ModelConfig protobuf")
 
 
-@pytest.mark.parametrize("kind", ["python_onnxruntime", "onnxruntime_onnx", "tensorrt_plan"])
+@pytest.mark.parametrize("kind", ["python_onnxruntime", "python_fused", "onnxruntime_onnx", "tensorrt_plan"])
 def test_acoustic_config_parses(tmp_path: Path, kind: repo_mod.ModelKind) -> None:
     text = repo_mod.acoustic_config("am", kind, [3, 1], ["input_values", "attention_mask"], 77,
                                     BatchingOptions(max_batch_size=16, preferred_batch_sizes=[4, 8, 32]))
@@ -26,6 +26,9 @@ def test_acoustic_config_parses(tmp_path: Path, kind: repo_mod.ModelKind) -> Non
     assert repo_mod.live_versions(tmp_path, "am") == [1, 3]
     if kind == "python_onnxruntime":
         assert config.backend == "python" and config.instance_group[0].kind == 2  # KIND_CPU
+    elif kind == "python_fused":  # the fused engine is for GPUs: auto puts it there
+        assert config.backend == "python" and config.instance_group[0].kind == 1  # KIND_GPU
+        assert config.parameters["bucket_samples"].string_value == "32000,80000,160000,320000"
     else:
         assert config.platform == kind and config.instance_group[0].kind == 1  # KIND_GPU
 
@@ -60,6 +63,9 @@ def test_write_version_and_pipeline(tmp_path: Path) -> None:
 def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(RepositoryError, match="unknown artifact type"):
         repo_mod.kind_for_artifact(tmp_path / "model.bin")
+    (tmp_path / "weights.safetensors").write_bytes(b"x")  # no engine.json beside it: not a fused engine
+    with pytest.raises(RepositoryError, match="unknown artifact type"):
+        repo_mod.kind_for_artifact(tmp_path / "weights.safetensors")
     garbage = tmp_path / "model.onnx"
     garbage.write_bytes(b"\x08\x07garbage" * 10)
     with pytest.raises(RepositoryError, match="not a readable ONNX model"):

@@ -19,6 +19,7 @@ kernels against the fallbacks.
 
 from __future__ import annotations
 
+import inspect
 import os
 from typing import Any
 
@@ -54,6 +55,9 @@ def _quant(x: torch.Tensor, inv_scale: float) -> torch.Tensor:
 
 
 if HAVE_TRITON:
+    # Autotuning results kept on disk (Triton >= 3.2) beside the compiled kernels: a new process (each Triton model
+    # version is one) then skips the benchmarking, which made up much of a hot swap's ~34 s warm-up.
+    _CACHE_TUNING = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
 
     @triton.jit
     def _gelu_tl(x):
@@ -106,7 +110,7 @@ if HAVE_TRITON:
 
     @triton.autotune(
         configs=[triton.Config({"BLOCK_M": bm}, num_warps=w) for bm, w in ((16, 4), (32, 4), (32, 8), (64, 8))],
-        key=["n_cols", "size_class"],
+        key=["n_cols", "size_class"], **_CACHE_TUNING,
     )
     @triton.jit
     def _conv0_ln_gelu_kernel(
@@ -146,7 +150,7 @@ if HAVE_TRITON:
     @triton.autotune(
         configs=[triton.Config({"BLOCK_T": bt}, num_warps=w, num_stages=st)
                  for bt, w, st in ((64, 4, 3), (128, 4, 3), (128, 8, 3), (64, 4, 4), (128, 8, 4))],
-        key=["n_cols", "size_class"],
+        key=["n_cols", "size_class"], **_CACHE_TUNING,
     )
     @triton.jit
     def _pos_conv_kernel(

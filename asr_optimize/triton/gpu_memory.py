@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -61,6 +62,14 @@ def _from_smi() -> list[GpuMemory] | None:
             out.append(GpuMemory(index=int(parts[0]), name=parts[1], total_mb=float(parts[2]),
                                  used_mb=float(parts[3]), free_mb=float(parts[4])))
     return out or None
+
+
+def artifact_bytes(artifact: Path) -> int:
+    """Bytes of a model file, or of every file under a folder (a fused engine: weights, fp8 weights, configs)."""
+    artifact = Path(artifact)
+    if artifact.is_dir():
+        return sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
+    return artifact.stat().st_size
 
 
 def gpu_memory() -> list[GpuMemory] | None:

@@ -14,6 +14,8 @@ Crash safety: the swap journal (``asr_optimize.triton.journal``) marks N+1 pendi
 confirms it only after promotion; every swap first reconciles a journal left pending by a killed run (N+1 removed,
 the pipeline pointed back at N). On a GPU instance the swap refuses to start when free GPU memory cannot hold N+1
 beside N. Every call to Triton carries the restricted-API key (``asr_optimize.triton.auth``).
+
+Artifacts: an ONNX graph, a TensorRT plan, or a fused engine folder (``python_fused``); all take the same path.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ class SwapOptions(BaseModel):
     model_name: str = repo_mod.DEFAULT_MODEL_NAME
     pipeline_name: str = repo_mod.DEFAULT_PIPELINE_NAME
     kind: ModelKind | None = None
-    """None: from the artifact (.plan -> tensorrt_plan, .onnx -> python ONNX Runtime model)."""
+    """None: from the artifact (.plan -> tensorrt_plan, .onnx -> python ONNX Runtime model, engine folder ->
+    python_fused)."""
     batching: BatchingOptions = Field(default_factory=BatchingOptions)
     thresholds: GateThresholds = Field(default_factory=lambda: GateThresholds(max_cer_delta=0.002))
     keep_versions: int = Field(2, ge=1)
@@ -67,7 +70,8 @@ class SwapOptions(BaseModel):
     load_timeout_s: float = Field(300.0, gt=0)
     request_timeout_s: float = Field(60.0, gt=0)
     gpu_memory_factor: float = Field(2.0, gt=0)
-    """GPU memory a new version needs per instance, as a multiple of its model file (weights + ORT arena)."""
+    """GPU memory a new version needs per instance, as a multiple of its model file or engine folder (weights +
+    ORT arena, or + CUDA-graph activations)."""
     gpu_memory_margin_mb: float = Field(1024.0, ge=0)
     """Free memory that must remain on each GPU after loading the new version beside the serving one."""
 
@@ -154,7 +158,7 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions) -> str 
         return None
     if opts.batching.gpu_ids:
         gpus = [g for g in gpus if g.index in opts.batching.gpu_ids] or gpus
-    size_mb = artifact.stat().st_size / 2**20
+    size_mb = gpu_memory.artifact_bytes(artifact) / 2**20
     need = size_mb * opts.gpu_memory_factor * opts.batching.instance_count + opts.gpu_memory_margin_mb
     short = [g for g in gpus if g.free_mb < need]
     if not short:
@@ -250,10 +254,21 @@ class _Swap:
         self.timings[label] = round(time.perf_counter() - start, 3)
 
 
-def _incompatible(serving: repo_mod.VersionManifest | None, new: repo_mod.VersionManifest) -> str | None:
+def _incompatible(serving: repo_mod.VersionManifest | None, new: repo_mod.VersionManifest,
+                  batching: BatchingOptions | None = None) -> str | None:
     if serving is None:
         return None
+    if serving.kind != new.kind and {serving.kind, new.kind} <= set(repo_mod.PYTHON_KINDS):
+        # ONNX Runtime and fused versions share the python config; only the instance kind must agree
+        batching = batching or BatchingOptions()
+        kinds = {k: repo_mod.instance_kind(k, batching) for k in (serving.kind, new.kind)}
+        if len(set(kinds.values())) > 1:
+            return (f"kind {new.kind!r} would run on {kinds[new.kind]} but serving v{serving.version} "
+                    f"({serving.kind}) runs on {kinds[serving.kind]}: set BatchingOptions.instance_kind to one of "
+                    "them so both versions fit one config")
     for key in ("kind", "inputs", "vocab_size"):
+        if key == "kind" and {serving.kind, new.kind} <= set(repo_mod.PYTHON_KINDS):
+            continue
         if getattr(serving, key) != getattr(new, key):
             return (f"{key} {getattr(new, key)!r} differs from serving v{serving.version}'s "
                     f"{getattr(serving, key)!r}: all versions share one config; deploy under a new model name")
@@ -270,7 +285,8 @@ def hot_swap(
     source: str = "",
     artifact_manifest: dict[str, Any] | None = None,
 ) -> SwapDecision:
-    """Deploy ``artifact`` (an ONNX graph or TensorRT engine of ``model_dir``) as the next version.
+    """Deploy ``artifact`` (an ONNX graph, TensorRT engine or fused engine folder of ``model_dir``) as the next
+    version.
 
     Raises ``TritonUnavailable`` if the server is unreachable before anything changed; every later failure
     (load error, not ready in time, canary refused, server gone) rolls back and returns the decision.
@@ -285,6 +301,8 @@ def hot_swap(
     if not live:
         raise TritonUnavailable(f"Triton at {url} is not live; nothing was changed")
     kind = opts.kind or repo_mod.kind_for_artifact(artifact)
+    if kind == "python_fused":  # the folder, whichever of its files was named
+        artifact = repo_mod.fused_engine_dir(artifact) or artifact
     keyed = http_client(url, opts.load_timeout_s)
     repaired = journal.reconcile(root, opts.model_name, opts.pipeline_name, keyed, opts.load_timeout_s)
     history = journal.current(root, opts.model_name, opts.pipeline_name)
@@ -297,7 +315,7 @@ def hot_swap(
     decision = SwapDecision(model_name=opts.model_name, pipeline_name=opts.pipeline_name, action="refused",
                             previous_version=previous, candidate_version=None, serving_version=previous,
                             live_versions=sorted(old_live), reconciled=repaired)
-    if artifact.is_file() and (reason := check_gpu_memory(artifact, kind, opts)):
+    if artifact.exists() and (reason := check_gpu_memory(artifact, kind, opts)):
         decision.reasons.append(reason)
         return decision
     serving_manifest = repo_mod.read_manifest(root, opts.model_name, previous) if previous else None
@@ -321,7 +339,7 @@ def hot_swap(
     except BaseException:
         swap.settle(previous, old_live)
         raise
-    if reason := _incompatible(serving_manifest, manifest):
+    if reason := _incompatible(serving_manifest, manifest, opts.batching):
         shutil.rmtree(root / opts.model_name / str(new), ignore_errors=True)
         swap.settle(previous, old_live)
         decision.reasons.append(reason)

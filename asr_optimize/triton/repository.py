@@ -2,8 +2,9 @@
 
 Layout (a local folder; the same layout works for the NGC tritonserver image)::
 
-    <root>/<model_name>/config.pbtxt          platform tensorrt_plan | onnxruntime_onnx, or backend python (ORT)
+    <root>/<model_name>/config.pbtxt          platform tensorrt_plan | onnxruntime_onnx, or backend python
     <root>/<model_name>/<N>/model.{plan,onnx} (+ model.py for the python backend) + manifest.json
+    <root>/<model_name>/<N>/engine/ + model.py + manifest.json   the fused engine (python backend, PyTorch)
     <root>/<pipeline_name>/config.pbtxt       python BLS: audio -> length bucket -> acoustic model -> CTC -> text
     <root>/<pipeline_name>/1/{model.py,ctc.json,chunking.py}
 
@@ -16,6 +17,10 @@ shape. The ``asr`` pipeline therefore pads every utterance to a length bucket (d
 masked through ``attention_mask`` and only the valid frames are decoded), so requests of different lengths share
 batches. Utterances longer than the largest bucket are cut into overlapping windows (``asr_optimize.chunking``,
 copied beside the pipeline) sent as one batch, and their logits stitched. ``BatchingOptions`` holds every knob.
+
+The fused engine (``python_fused``) also runs in the python backend: both python kinds write the same parameter set,
+so an ONNX version and a fused version can be live side by side under one config (a swap between them changes
+versions, not the config, and does not reload the serving version).
 """
 
 from __future__ import annotations
@@ -35,12 +40,17 @@ from asr_optimize.fileio import atomic_write_text
 from asr_optimize.hashing import sha256_file
 from asr_optimize.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.transcribe import ChunkingOptions
-from asr_optimize.triton.backends import CTC_PIPELINE, ORT_ACOUSTIC
+from asr_optimize.triton.backends import CTC_PIPELINE, FUSED_ACOUSTIC, ORT_ACOUSTIC
 
 CHUNKING_SOURCE = Path(__file__).resolve().parents[1] / "chunking.py"
 """The long-form windowing module (numpy only), copied into the pipeline's version folder."""
 
-ModelKind = Literal["python_onnxruntime", "onnxruntime_onnx", "tensorrt_plan"]
+ModelKind = Literal["python_onnxruntime", "python_fused", "onnxruntime_onnx", "tensorrt_plan"]
+PYTHON_KINDS: tuple[str, ...] = ("python_onnxruntime", "python_fused")
+"""Kinds served by Triton's python backend (one config can hold versions of both)."""
+FUSED_ENGINE_JSON = "engine.json"
+"""Marks a fused engine folder (``asr_optimize.fused.engine.ENGINE_JSON``; not imported: that module needs torch)."""
+FUSED_ENGINE_DIR = "engine"
 DEFAULT_MODEL_NAME = "wav2vec2_ctc"
 DEFAULT_PIPELINE_NAME = "asr"
 MANIFEST_NAME = "manifest.json"
@@ -58,13 +68,14 @@ class BatchingOptions(BaseModel):
     max_queue_delay_us: int = Field(2000, ge=0)
     instance_count: int = Field(1, ge=1)
     instance_kind: Literal["KIND_CPU", "KIND_GPU", "auto"] = "auto"
-    """auto: GPU for tensorrt_plan / onnxruntime_onnx, CPU for the python ONNX Runtime fallback."""
+    """auto: GPU for tensorrt_plan / onnxruntime_onnx / python_fused, CPU for the python ONNX Runtime fallback."""
     intra_op_threads: int = Field(1, ge=0)
-    """ONNX Runtime threads per instance of the python fallback (0 = ORT default)."""
+    """Threads per CPU instance of a python model: ONNX Runtime intra-op, or torch (fused) (0 = library default)."""
     gpu_ids: list[int] | None = None
     """GPUs for the acoustic instances (None: Triton puts ``instance_count`` instances on every visible GPU)."""
     io_binding: bool = True
-    """GPU python ONNX Runtime model: bind inputs/outputs to device memory (inputs from DLPack when on the GPU)."""
+    """GPU python models: Triton may hand them inputs it holds on the GPU (``FORCE_CPU_ONLY_INPUT_TENSORS: no``,
+    read through DLPack); the ONNX Runtime model also binds inputs/outputs to device memory."""
     cuda_graphs: bool = False
     """GPU python ONNX Runtime model: capture one CUDA graph per (batch, samples) shape; each holds its own session
     (weights included), so at most ``cuda_graph_max_shapes`` of them; other shapes use the plain CUDA session."""
@@ -77,6 +88,12 @@ class BatchingOptions(BaseModel):
     pipeline_instance_count: int = Field(1, ge=1)
     """``asr`` pipeline instances (CPU processes: normalization, padding, CTC decoding, BLS calls)."""
     pipeline_max_queue_delay_us: int = Field(500, ge=0)
+    fused_precision: Literal["auto", "fp16", "fp8"] = "auto"
+    """GPU fused model: auto = the precision recorded in each version's manifest (the engine's, or the promoted
+    spec's), per version, so fp16 and fp8 versions can be live together. CPU instances always run fp32."""
+    fused_warmup: bool | None = None
+    """Fused model: capture the CUDA graphs of every (batch, bucket) shape the pipeline sends at load time, so a hot
+    swap pays capture before it serves. None: on for GPU instances, off for CPU ones."""
 
     @field_validator("buckets_s")
     @classmethod
@@ -102,16 +119,35 @@ class VersionManifest(BaseModel):
     source: str
     created: float = Field(default_factory=time.time)
     artifact_manifest: dict[str, Any] = Field(default_factory=dict)
+    engine_format: int | None = None
+    """python_fused: the engine folder format this version needs (``engine.json`` ``format``); the model refuses to
+    load when the stub's ``asr_optimize`` reads another."""
+    precision: str | None = None
+    """python_fused: the precision a GPU instance runs (the promoted spec's, else the engine's build precision)."""
+
+
+def fused_engine_dir(artifact: Path) -> Path | None:
+    """The fused engine folder an artifact path names (the folder, or a file in it), or None."""
+    artifact = Path(artifact)
+    if artifact.is_dir():
+        return artifact if (artifact / FUSED_ENGINE_JSON).is_file() else None
+    if artifact.suffix.lower() in (".json", ".safetensors") and (artifact.parent / FUSED_ENGINE_JSON).is_file():
+        return artifact.parent  # engine.json or a weights file of the folder
+    return None
 
 
 def kind_for_artifact(artifact: Path, python_fallback: bool = True) -> ModelKind:
-    """TensorRT engines -> tensorrt_plan; ONNX -> python ORT model (bundled server) or onnxruntime_onnx."""
+    """TensorRT engines -> tensorrt_plan; ONNX -> python ORT model (bundled server) or onnxruntime_onnx; a fused
+    engine folder (what promotion records for kind ``fused``) or a file inside it -> python_fused."""
+    if fused_engine_dir(artifact) is not None:
+        return "python_fused"
     suffix = artifact.suffix.lower()
     if suffix in (".plan", ".engine", ".trt"):
         return "tensorrt_plan"
     if suffix == ".onnx":
         return "python_onnxruntime" if python_fallback else "onnxruntime_onnx"
-    raise RepositoryError(f"{artifact}: unknown artifact type {suffix!r} (expected .onnx, .plan or .engine)")
+    raise RepositoryError(f"{artifact}: unknown artifact type {suffix!r} (expected .onnx, .plan or .engine, "
+                          f"or a fused engine folder with {FUSED_ENGINE_JSON})")
 
 
 def onnx_inputs(onnx_path: Path) -> list[str]:
@@ -149,6 +185,22 @@ def instance_kind(kind: ModelKind, batching: BatchingOptions) -> str:
     return "KIND_CPU" if kind == "python_onnxruntime" else "KIND_GPU"
 
 
+def python_parameters(group_kind: str, batching: BatchingOptions) -> dict[str, str]:
+    """Parameters of a python acoustic model: ONNX Runtime's and the fused engine's together (each model.py reads
+    its own), so versions of either kind share one config."""
+    warmup = "auto" if batching.fused_warmup is None else str(batching.fused_warmup).lower()
+    params = {"intra_op_threads": str(batching.intra_op_threads),
+              "io_binding": str(batching.io_binding).lower(), "cuda_graphs": str(batching.cuda_graphs).lower(),
+              "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes),
+              "precision": batching.fused_precision, "warmup": warmup,
+              "bucket_samples": ",".join(str(b) for b in batching.bucket_samples()),
+              "long_form_chunk_s": (f"{batching.long_form.chunk_s:g}"
+                                    if batching.long_form.enabled and batching.buckets_s else "")}
+    if group_kind == "KIND_GPU" and batching.io_binding:  # GPU-resident inputs stay there (DLPack)
+        params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
+    return params
+
+
 def _params(values: dict[str, str]) -> str:
     return "\n".join(f'parameters: {{ key: "{k}" value: {{ string_value: "{v}" }} }}' for k, v in values.items())
 
@@ -159,6 +211,7 @@ def acoustic_config(
     """config.pbtxt of the acoustic model (dynamic time axis, dynamic batching, explicit live versions)."""
     header = {
         "python_onnxruntime": 'backend: "python"',
+        "python_fused": 'backend: "python"',
         "onnxruntime_onnx": 'platform: "onnxruntime_onnx"',
         "tensorrt_plan": 'platform: "tensorrt_plan"',
     }[kind]
@@ -182,13 +235,8 @@ def acoustic_config(
         + f" max_queue_delay_microseconds: {batching.max_queue_delay_us} }}",
         f"instance_group [ {{ kind: {group_kind} count: {batching.instance_count}{gpus} }} ]",
     ]
-    if kind == "python_onnxruntime":
-        params = {"intra_op_threads": str(batching.intra_op_threads),
-                  "io_binding": str(batching.io_binding).lower(), "cuda_graphs": str(batching.cuda_graphs).lower(),
-                  "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes)}
-        if group_kind == "KIND_GPU" and batching.io_binding:  # GPU-resident inputs stay there (DLPack)
-            params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
-        lines.append(_params(params))
+    if kind in PYTHON_KINDS:
+        lines.append(_params(python_parameters(group_kind, batching)))
     return "\n".join(lines) + "\n"
 
 
@@ -248,7 +296,10 @@ def write_acoustic_version(
     artifact_manifest: dict[str, Any] | None = None,
 ) -> VersionManifest:
     """Copy the artifact into ``<root>/<name>/<version>/`` via a staging folder renamed into place."""
-    if not artifact.is_file():
+    engine_dir = fused_engine_dir(artifact) if kind == "python_fused" else None
+    if kind == "python_fused" and engine_dir is None:
+        raise RepositoryError(f"artifact not found: {artifact} is not a fused engine folder (no {FUSED_ENGINE_JSON})")
+    if engine_dir is None and not artifact.is_file():
         raise RepositoryError(f"artifact not found: {artifact}")
     target = root / name / str(version)
     if target.exists():
@@ -256,8 +307,11 @@ def write_acoustic_version(
     staging = root / name / f".staging-{version}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    fused: dict[str, Any] = {}
     try:
-        if kind == "tensorrt_plan":
+        if engine_dir is not None:
+            model_file, inputs, fused = _copy_fused_engine(engine_dir, staging, artifact_manifest or {})
+        elif kind == "tensorrt_plan":
             model_file = "model.plan"
             shutil.copy2(artifact, staging / model_file)
             inputs = list((artifact_manifest or {}).get("inputs", ["input_values", "attention_mask"]))
@@ -269,6 +323,7 @@ def write_acoustic_version(
                 shutil.copy2(extra, staging / extra.name)
             if kind == "python_onnxruntime":
                 shutil.copy2(ORT_ACOUSTIC, staging / "model.py")
+        engine_vocab = int(fused.pop("vocab_size", 0))
         manifest = VersionManifest(
             model_name=name,
             version=version,
@@ -276,9 +331,10 @@ def write_acoustic_version(
             model_file=model_file,
             sha256=sha256_file(staging / model_file),
             inputs=inputs,
-            vocab_size=int((artifact_manifest or {}).get("vocab_size", 0)),
+            vocab_size=int((artifact_manifest or {}).get("vocab_size", 0) or engine_vocab),
             source=source or str(artifact),
             artifact_manifest=artifact_manifest or {},
+            **fused,
         )
         (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
         os.replace(staging, target)
@@ -286,6 +342,28 @@ def write_acoustic_version(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def _copy_fused_engine(
+    engine_dir: Path, staging: Path, artifact_manifest: dict[str, Any]
+) -> tuple[str, list[str], dict[str, Any]]:
+    """The whole engine folder to ``<staging>/engine/`` + the backend as model.py; (model_file, inputs, manifest
+    fields). The weights file stands for the version in the manifest (its sha256)."""
+    try:
+        meta = json.loads((engine_dir / FUSED_ENGINE_JSON).read_text(encoding="utf-8"))
+        weights = str(meta["weights_file"])
+        engine_format = int(meta["format"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RepositoryError(f"{engine_dir / FUSED_ENGINE_JSON}: not a readable fused engine description "
+                              f"({type(exc).__name__}: {exc})") from exc
+    if not (engine_dir / weights).is_file():
+        raise RepositoryError(f"{engine_dir}: weights file {weights} named by {FUSED_ENGINE_JSON} is missing")
+    shutil.copytree(engine_dir, staging / FUSED_ENGINE_DIR)
+    shutil.copy2(FUSED_ACOUSTIC, staging / "model.py")
+    precision = artifact_manifest.get("precision") or meta.get("precision") or "fp16"
+    fields = {"engine_format": engine_format, "precision": str(precision),
+              "vocab_size": int(meta.get("architecture", {}).get("vocab_size", 0))}
+    return f"{FUSED_ENGINE_DIR}/{weights}", [WAV2VEC2_CTC.audio_input, WAV2VEC2_CTC.mask_input], fields
 
 
 def read_manifest(root: Path, name: str, version: int) -> VersionManifest | None:

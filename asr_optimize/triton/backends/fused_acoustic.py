@@ -1,0 +1,207 @@
+"""Triton python-backend model: the project's fused wav2vec2 CTC engine (``FusedRunner``), fp16/fp8 on a GPU, fp32
+on a CPU instance.
+
+Same contract as ``ort_acoustic.py``: inputs ``input_values`` FP32 [batch, samples] + ``attention_mask`` INT64,
+output ``logits`` FP32 [batch, frames, vocab]; requests of one shape in a scheduler batch run as one call.
+
+The engine folder lies in ``<version>/engine/``; the engine code is this package's, imported from the stub's
+environment (torch + ``asr_optimize`` must be importable there: the bundled server's stub sees the worker's venv).
+Why warm-up: the runner captures one CUDA graph per (batch, samples, masked) shape on first use; capturing every
+shape the ``asr`` pipeline sends (its length buckets, plus the long-form window, x batch 1, 2, 4, ... up to
+``max_batch_size``, padded) in ``initialize`` means a hot swap pays capture before the canary, not on live traffic.
+Logits go back as CPU numpy: the pipeline is numpy-only (``as_numpy()`` fails on GPU tensors in BLS responses).
+
+Parameters: ``precision`` (auto = the version manifest's | fp16 | fp8; GPU only, CPU runs fp32), ``warmup``
+(auto = on for GPU instances | true | false), ``bucket_samples`` (the pipeline's buckets), ``long_form_chunk_s``
+(the pipeline's long-form window), ``intra_op_threads`` (torch threads on a CPU instance).
+"""
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+ENGINE_DIR = "engine"
+MANIFEST = "manifest.json"
+
+
+def _pow2_upto(n):
+    """1, 2, 4, ... up to the power of two that holds n (the runner pads a batch to a power of two)."""
+    sizes = [1]
+    while sizes[-1] < n:
+        sizes.append(sizes[-1] * 2)
+    return sizes
+
+
+def window_samples(chunk_s, kernels, strides, sample_rate=16000):
+    """Widest long-form window the pipeline sends (``chunking.plan_windows``): C frames plus the up to S - 1
+    trailing samples a single-window recording keeps."""
+    frame = int(np.prod(strides))
+    receptive, jump = 1, 1
+    for kernel, stride in zip(kernels, strides, strict=True):
+        receptive += (kernel - 1) * jump
+        jump *= stride
+    chunk = round(chunk_s * sample_rate / frame)
+    return (chunk - 1) * frame + receptive + frame - 1
+
+
+def shape_buckets(bucket_samples, window, max_batch):
+    """(batch, samples) buckets: every width x batch sizes 1, 2, 4, ...; sorted as the runner searches them."""
+    widths = sorted(set(bucket_samples) | ({window} if window and (not bucket_samples or window > max(bucket_samples))
+                                           else set()))
+    return sorted((b, s) for b in _pow2_upto(max_batch) for s in widths)
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.engine_dir = version_dir / ENGINE_DIR
+        self.max_batch = max(1, int(config.get("max_batch_size") or 1))
+        self.on_gpu = args.get("model_instance_kind") == "GPU"
+        self.device_id = int(args.get("model_instance_device_id", 0) or 0)
+        manifest_path = version_dir / MANIFEST
+        manifest = json.loads(manifest_path.read_text("utf-8")) if manifest_path.is_file() else {}
+        try:
+            import torch
+
+            from asr_optimize.fused.engine import ENGINE_FORMAT
+            from asr_optimize.runners.base import RunnerUnavailable
+            from asr_optimize.runners.fused_engine import FusedRunner
+        except Exception as exc:  # ImportError, or a broken torch install
+            raise pb_utils.TritonModelException(
+                f"{self.engine_dir}: the fused engine model needs torch and the asr_optimize package in the python "
+                f"stub's environment (the python3 first on tritonserver's PATH): {type(exc).__name__}: {exc}"
+            ) from exc
+        self.torch = torch
+        meta_path = self.engine_dir / "engine.json"
+        if not meta_path.is_file():
+            raise pb_utils.TritonModelException(f"{self.engine_dir}: no engine.json (not a fused engine folder)")
+        meta = json.loads(meta_path.read_text("utf-8"))
+        needed = {manifest.get("engine_format"), meta.get("format")} - {None}
+        if needed != {ENGINE_FORMAT}:
+            shown = " / ".join(repr(f) for f in sorted(needed - {ENGINE_FORMAT}, key=str)) or "None"
+            raise pb_utils.TritonModelException(
+                f"{self.engine_dir}: engine format {shown} is unknown to the asr_optimize installed in the stub's "
+                f"environment (it reads format {ENGINE_FORMAT}); install the asr_optimize that built it, or rebuild"
+            )
+        precision = params.get("precision") or "auto"
+        if precision == "auto":
+            precision = manifest.get("precision") or meta.get("precision") or "fp16"
+        if precision not in ("fp16", "fp8", "fp32"):
+            raise pb_utils.TritonModelException(f"parameter precision={precision!r}: expected auto, fp16, fp8 or fp32")
+        if self.on_gpu:
+            if not torch.cuda.is_available():
+                raise pb_utils.TritonModelException(
+                    f"a GPU instance needs a CUDA build of torch in the stub's environment; torch {torch.__version__} "
+                    "sees no CUDA device"
+                )
+            torch.cuda.set_device(self.device_id)
+            device = "cuda"
+        else:
+            precision, device = "fp32", "cpu"  # fp16/fp8 kernels are CUDA-only
+            threads = int(params.get("intra_op_threads") or 0)
+            if threads > 0:
+                torch.set_num_threads(threads)
+        self.precision = precision
+        bucket_samples = [int(b) for b in params.get("bucket_samples", "").split(",") if b.strip()]
+        chunk_s = float(params.get("long_form_chunk_s") or 0)
+        arch = meta.get("architecture", {})
+        window = (window_samples(chunk_s, arch["conv_kernel"], arch["conv_stride"])
+                  if chunk_s > 0 and "conv_kernel" in arch else 0)
+        self.buckets = shape_buckets(bucket_samples, window, self.max_batch) if bucket_samples else []
+        try:
+            self.runner = FusedRunner(self.engine_dir, device=device, precision=precision, cuda_graphs=self.on_gpu,
+                                      buckets=self.buckets, max_graphs=max(64, 2 * len(self.buckets) + 16))
+        except (RunnerUnavailable, ValueError, OSError) as exc:
+            raise pb_utils.TritonModelException(f"{self.engine_dir}: cannot load the fused engine: {exc}") from exc
+        except Exception as exc:  # ModelResolutionError (corrupt weights) and friends
+            raise pb_utils.TritonModelException(
+                f"{self.engine_dir}: cannot load the fused engine: {type(exc).__name__}: {exc}"
+            ) from exc
+        warmup = params.get("warmup") or "auto"
+        if warmup == "true" or (warmup == "auto" and self.on_gpu):
+            self._warmup()
+
+    def _warmup(self):
+        """Run (on a GPU: capture the CUDA graph of) every bucket shape with a padding mask: the pipeline pads each
+        utterance to a bucket, so its batches are masked; the rare unmasked batch (every row exactly a bucket long,
+        batch a power of two) is captured on first use instead of doubling the load time."""
+        start = time.perf_counter()
+        rng = np.random.default_rng(0)
+        for batch, samples in self.buckets:
+            values = (rng.standard_normal((batch, samples)) * 0.1).astype(np.float32)
+            mask = np.ones((batch, samples), dtype=np.int64)
+            mask[-1, samples // 2 :] = 0
+            self.runner.infer(values, mask)
+        seconds = time.perf_counter() - start
+        where = f"cuda:{self.device_id}" if self.on_gpu else "cpu"
+        pb_utils.Logger.log_info(
+            f"{self.engine_dir}: warm-up of {len(self.buckets)} shapes ({self.precision} on {where}) took "
+            f"{seconds:.2f} s"
+        )
+        self.warmup_s = seconds
+
+    # ------------------------------------------------------------------ inputs
+
+    def _array(self, tensor, dtype):
+        """A request tensor as numpy; GPU-resident ones (FORCE_CPU_ONLY_INPUT_TENSORS: no) through DLPack."""
+        if tensor.is_cpu():
+            return tensor.as_numpy().astype(dtype, copy=False)
+        torch = self.torch
+        try:
+            value = torch.from_dlpack(tensor)
+        except (TypeError, AttributeError):
+            value = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
+        return value.cpu().numpy().astype(dtype, copy=False)  # FusedRunner.prepare takes host arrays
+
+    def _inputs(self, request):
+        values = self._array(pb_utils.get_input_tensor_by_name(request, "input_values"), np.float32)
+        if values.ndim != 2:
+            raise ValueError(f"input_values must be [batch, samples], got shape {values.shape}")
+        mask_tensor = pb_utils.get_input_tensor_by_name(request, "attention_mask")
+        if mask_tensor is None:
+            return values, np.ones(values.shape, dtype=np.int64)
+        mask = self._array(mask_tensor, np.int64)
+        if mask.shape != values.shape:
+            raise ValueError(f"attention_mask shape {mask.shape} differs from input_values {values.shape}")
+        return values, mask
+
+    # ------------------------------------------------------------------ running
+
+    def execute(self, requests):
+        if self.on_gpu:
+            self.torch.cuda.set_device(self.device_id)  # the current device is per thread
+        responses = [None] * len(requests)
+        groups = {}
+        for index, request in enumerate(requests):
+            try:
+                values, mask = self._inputs(request)
+            except Exception as exc:  # a malformed request fails alone
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad input: {exc}"))
+                continue
+            groups.setdefault(values.shape[1], []).append((index, values, mask))
+        for members in groups.values():
+            try:
+                values = np.concatenate([v for _, v, _ in members]) if len(members) > 1 else members[0][1]
+                mask = np.concatenate([m for _, _, m in members]) if len(members) > 1 else members[0][2]
+                logits = self.runner.infer(values, mask)  # float32 host copy (the graph's output is reused)
+                start = 0
+                for index, rows, _ in members:
+                    part = np.ascontiguousarray(logits[start : start + rows.shape[0]], dtype=np.float32)
+                    responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logits", part)])
+                    start += rows.shape[0]
+            except Exception as exc:
+                for index, _, _ in members:
+                    responses[index] = pb_utils.InferenceResponse(
+                        error=pb_utils.TritonError(f"fused engine failed: {type(exc).__name__}: {exc}")
+                    )
+        return responses
+
+    def finalize(self):
+        runner, self.runner = getattr(self, "runner", None), None
+        if runner is not None:
+            runner.close()
