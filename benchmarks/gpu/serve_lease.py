@@ -74,9 +74,13 @@ def stage_prepare_fused(args: argparse.Namespace) -> None:
 def reference_runner(artifact: Path):
     """The in-process runner of the artifact (the canary's reference): fused engine folder or ONNX file."""
     if artifact.is_dir():
+        import torch
+
         from asr_optimize.runners.fused_engine import FusedRunner
 
-        return FusedRunner(artifact, device="cuda", precision="fp16")
+        if torch.cuda.is_available():
+            return FusedRunner(artifact, device="cuda", precision="fp16")
+        return FusedRunner(artifact, device="cpu", precision="fp32")  # a dry run of this script on a CPU
     from asr_optimize.runners.ort_runner import OrtRunner, available_providers
 
     return OrtRunner(artifact, "cuda" if "cuda" in available_providers() else "cpu", precision="fp16")
@@ -110,7 +114,8 @@ def stage_repo(args: argparse.Namespace) -> None:
 
 
 def stage_bench(args: argparse.Namespace) -> None:
-    opts = ServeBenchOptions(concurrency=args.concurrency, targets=["pipeline", "acoustic"], durations_s=args.durations,
+    targets = os.environ.get("TARGETS", "pipeline acoustic").split()
+    opts = ServeBenchOptions(concurrency=args.concurrency, targets=targets, durations_s=args.durations,
                              window_s=args.window_s, max_windows=8, max_level_s=60, label=args.label,
                              speed_only=True)
     with server(args, load=True) as running:
@@ -133,7 +138,9 @@ def stage_soak(args: argparse.Namespace) -> None:
         try:
             waves = [u.audio for u in utts]
             reference = pipeline_transcribe(http_client(running.http_url), repo_mod.DEFAULT_PIPELINE_NAME, waves)
-            opts = SoakOptions(swaps=args.swaps, concurrency=args.soak_concurrency, steady_s=10, pause_s=2,
+            opts = SoakOptions(swaps=args.swaps, concurrency=args.soak_concurrency,
+                               steady_s=float(os.environ.get("STEADY_S", "10")),
+                               pause_s=float(os.environ.get("PAUSE_S", "2")),
                                swap=swap_options(args), label=args.label)
             result = soak(running.repository, (copy, artifact), args.model_dir,
                           CanarySet([u.id for u in utts], waves, reference), running.http_url, running.grpc_url, opts,

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The fused-engine GPU lease (issues #14, #15, #16): one step per device command, run ON the GPU machine from the
+# repository root after the wheels arrived (../shared/gpu/stage-wheels.sh nvidia-pytriton==0.7.0
+# "tritonclient[http,grpc]==2.73.0" "jiwer>=3.0" soundfile "altair>=5" vl-convert-python pydantic-settings: no
+# onnxruntime-gpu needed, 4 parts), with .whl/numpy1 (numpy 1.26.4 cp312, for the Triton stub) carried.
+#
+#   bash benchmarks/gpu/fused_lease.sh measure  # torch only: long-form 16 x 600 s (+ profile), the engine probe
+#   bash benchmarks/gpu/fused_lease.sh serve    # GPU 0: check, fused engine v1 via hot_swap, serve-bench sweep
+#   bash benchmarks/gpu/fused_lease.sh soak     # GPU 0: SWAPS (20) hot swaps of the fused engine under load
+#   bash benchmarks/gpu/fused_lease.sh multi    # 1 vs 2 GPUs, pipeline 10 s at concurrency 64 / 128 (2-GPU host)
+# Each step leaves $OUT/<step>.tgz (console, CSV, markdown, charts, configs, server log tails).
+set -uo pipefail
+root=$(git rev-parse --show-toplevel 2>/dev/null || pwd)
+cd "$root"
+export PYTHONPATH=/tmp/site:$root
+export WORK=${WORK:-/tmp/serve-lease}
+export LABEL="replica fp16, fused engine (speed only)"
+export INSTANCES=${INSTANCES:-1} PIPELINE_INSTANCES=${PIPELINE_INSTANCES:-4} QUEUE_DELAY_US=${QUEUE_DELAY_US:-200}
+step=${1:?measure | serve | soak | multi}
+lease=benchmarks/gpu/lease_step.sh
+sl=benchmarks/gpu/serve_lease.sh
+case "$step" in
+  measure)
+    bash $lease longform -- timeout 250 bash -c \
+      'python3 -m asr_optimize.fused_probe --longform 16x600 --window-batches 32,64 --profile --out "$OUT"'
+    bash $lease probe -- timeout 300 bash -c \
+      'python3 -m asr_optimize.fused_probe --out "$OUT" --budget-s 240 --variants noresidual --skip-hf32-big' ;;
+  serve)
+    CUDA_VISIBLE_DEVICES=0 bash $lease serve -- timeout 560 bash -c \
+      "bash $sl check && bash $sl prepare-fused && bash $sl repo && bash $sl bench" ;;
+  soak)
+    CUDA_VISIBLE_DEVICES=0 bash $lease soak -- timeout 570 bash $sl soak ;;
+  multi)
+    [ -f "$WORK/artifact.txt" ] || bash $sl prepare-fused
+    CUDA_VISIBLE_DEVICES=0 TARGETS=pipeline CONCURRENCY="64 128" DURATIONS=10 bash $lease gpu1 -- timeout 280 bash -c \
+      "bash $sl repo && bash $sl bench"
+    TARGETS=pipeline CONCURRENCY="64 128" DURATIONS=10 bash $lease gpu2 -- timeout 280 bash -c "bash $sl repo && bash $sl bench" ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
