@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import resource
@@ -22,10 +23,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from asr_optimize.ctc import CtcVocabulary, conv_geometry, greedy_decode
 from asr_optimize.eval_data import EvalSet, EvalSource, load_eval_set
 from asr_optimize.longform_data import GAP_S, LongformRecording, build_recording
 
-__all__ = ["GAP_S", "LongformRecording", "build_recording", "longform_eval_set", "main"]
+__all__ = ["GAP_S", "LongformRecording", "build_recording", "longform_eval_set", "main", "utterance_hypotheses"]
 
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo-model"
 
@@ -37,6 +41,19 @@ def longform_eval_set(minutes: Sequence[float] = (1.0, 5.0, 30.0), path: Path | 
 
 
 # ---------------------------------------------------------------- measurement command
+
+
+def utterance_hypotheses(logits: np.ndarray, spans: Sequence[tuple[int, int]], vocab: CtcVocabulary,
+                         frame_samples: int = 320) -> list[str]:
+    """A recording's transcript split back into its utterances: the stitched logits ``[frames, vocab]`` are cut at
+    the middle of each gap between utterances (``LongformRecording.spans``) and each piece is decoded on its own.
+
+    Why: comparing each piece with the utterance transcribed alone says which utterances chunking makes worse
+    (docs/long-form.md, "Where the long-form errors came from"); the gaps are silence, so no character straddles a cut.
+    """
+    cuts = [0] + [((spans[k - 1][1] + spans[k][0]) // 2) // frame_samples for k in range(1, len(spans))]
+    cuts.append(logits.shape[0])
+    return [greedy_decode(logits[None, a:b], np.array([b - a]), vocab)[0] for a, b in itertools.pairwise(cuts)]
 
 
 def peak_rss_mb() -> float:
@@ -63,12 +80,15 @@ def _measure_one(args: argparse.Namespace) -> dict[str, object]:
     result = transcribe(runner, [recording.audio], args.model, chunking=opts)
     elapsed, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     rates = wer_cer([recording.text], result.texts)
+    hop, _ = conv_geometry(args.model)
+    pieces = utterance_hypotheses(result.logits[0], recording.spans, CtcVocabulary.from_model_dir(args.model), hop)
     return {
         "minutes": args.minutes[0], "gap_s": args.gap_s, "mode": _mode(args), "chunk_s": args.chunk_s,
         "stride_s": args.stride_s, "batch_size": args.batch_size, "normalization": args.normalization,
         "wer": rates.wer, "cer": rates.cer, "ref_words": rates.ref_words, "windows": result.windows[0],
         "time_s": elapsed, "cpu_s": cpu, "audio_s": recording.duration_s, "peak_rss_mb": peak_rss_mb(),
         "hypothesis": result.texts[0], "utterance_ids": list(recording.utterance_ids),
+        "utterance_hypotheses": pieces,
     }
 
 
@@ -92,14 +112,31 @@ def _per_utterance_reference(model: Path, device: str) -> dict[str, str]:
     return dict(zip(base.ids, texts, strict=True))
 
 
+def _compare_utterances(ids: Sequence[str], pieces: Sequence[str], refs: dict[str, str],
+                        alone: dict[str, str]) -> dict[str, object]:
+    """Each utterance's piece of the recording's transcript against the same utterance transcribed alone."""
+    from asr_optimize.metrics import wer_cer
+
+    chunked = wer_cer([refs[i] for i in ids], list(pieces), ids=list(ids)).utterances
+    single = wer_cer([refs[i] for i in ids], [alone[i] for i in ids], ids=list(ids)).utterances
+    delta = [c.word_errors - s.word_errors for c, s in zip(chunked, single, strict=True)]
+    return {
+        "utterances_same": sum(c.hypothesis == s.hypothesis for c, s in zip(chunked, single, strict=True)),
+        "utterances_worse": sum(d > 0 for d in delta), "words_worse": sum(d for d in delta if d > 0),
+        "utterances_better": sum(d < 0 for d in delta), "words_better": -sum(d for d in delta if d < 0),
+    }
+
+
 def _table(rows: list[dict[str, object]]) -> str:
-    head = ("| minutes | mode | chunk/stride s | norm | WER | per-utt WER, same audio | CER | windows | time s "
-            "| x real time | s per audio min | CPU s per audio min | peak RSS MB |")
+    head = ("| minutes | mode | chunk/stride s | norm | WER | per-utt WER, same audio | utterances as alone / worse / "
+            "better | CER | windows | time s | x real time | s per audio min | CPU s per audio min | peak RSS MB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| {r['minutes']:g} | {r['mode']} | {r['chunk_s']:g}/{r['stride_s']:g} | {r['normalization']} "
-            f"| {100 * r['wer']:.2f}% | {100 * r['per_utterance_wer']:.2f}% | {100 * r['cer']:.2f}% | {r['windows']} "
+            f"| {100 * r['wer']:.2f}% | {100 * r['per_utterance_wer']:.2f}% "
+            f"| {r['utterances_same']} / {r['utterances_worse']} / {r['utterances_better']} "
+            f"| {100 * r['cer']:.2f}% | {r['windows']} "
             f"| {r['time_s']:.1f} | {r['audio_s'] / r['time_s']:.0f} | {60 * r['time_s'] / r['audio_s']:.2f} "
             f"| {60 * r['cpu_s'] / r['audio_s']:.2f} "
             f"| {r['peak_rss_mb']:.0f} |"
@@ -157,14 +194,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         joined_ref = " ".join(refs[i] for i in ids)
         row["per_utterance_wer"] = wer_cer([joined_ref], [" ".join(reference[i] for i in ids)]).wer
         row["utterances"] = len(ids)
+        row.update(_compare_utterances(ids, row["utterance_hypotheses"], refs, reference))
         if args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / f"longform-{minutes:g}min.json").write_text(json.dumps(row, ensure_ascii=False, indent=1))
         row.pop("hypothesis")
         row.pop("utterance_ids")
+        row.pop("utterance_hypotheses")
         rows.append(row)
-        print(f"{minutes:g} min: WER {100 * row['wer']:.2f}%  {row['time_s']:.1f} s  {row['peak_rss_mb']:.0f} MB",
-              file=sys.stderr)
+        print(f"{minutes:g} min: WER {100 * row['wer']:.2f}% (same audio one utterance at a time "
+              f"{100 * row['per_utterance_wer']:.2f}%)  {row['time_s']:.1f} s  {row['peak_rss_mb']:.0f} MB; utterances "
+              f"as alone {row['utterances_same']}, worse {row['utterances_worse']} (+{row['words_worse']} errors), "
+              f"better {row['utterances_better']} (-{row['words_better']})", file=sys.stderr)
     print(_table(rows))
     if args.out:
         with (args.out / "longform.csv").open("w", newline="", encoding="utf-8") as fh:

@@ -34,6 +34,9 @@ class LongformRecording:
     audio: np.ndarray
     text: str
     utterance_ids: tuple[str, ...]
+    spans: tuple[tuple[int, int], ...] = ()
+    """Sample range ``[start, end)`` of each utterance in ``audio`` (same order as ``utterance_ids``): lets an
+    evaluation align a recording's transcript back to its utterances."""
 
     @property
     def duration_s(self) -> float:
@@ -56,6 +59,7 @@ def build_recording(
     audio = np.zeros(target, dtype=np.float32)
     texts: list[str] = []
     ids: list[str] = []
+    spans: list[tuple[int, int]] = []
     pos = 0
     round_ = 0
     while True:
@@ -64,9 +68,11 @@ def build_recording(
             utt = utterances[int(index)]
             start = pos + (gap if ids else 0)
             if start + utt.audio.size > target:
-                return LongformRecording(f"longform-{minutes:g}min", audio, " ".join(texts), tuple(ids))
+                return LongformRecording(f"longform-{minutes:g}min", audio, " ".join(texts), tuple(ids),
+                                         tuple(spans))
             audio[start : start + utt.audio.size] = utt.audio
             pos = start + utt.audio.size
             texts.append(utt.text)
             ids.append(utt.id)
+            spans.append((start, pos))
         round_ += 1

@@ -92,7 +92,8 @@ class ChunkingOptions(BaseModel):
     silence_db: float = Field(-40.0, lt=0)
     """A 20 ms hop this far below the recording's loud level (95th percentile) is silence."""
     pad_before_s: float = Field(0.0, ge=0)
-    """Silence kept before a speech run (the demo model mis-hears speech after silence: keep none)."""
+    """Silence kept before a speech run, counted from its onset sample (``chunking.speech_onset``); the demo model
+    mis-hears speech after silence: keep none (measured, docs/long-form.md)."""
     pad_after_s: float = Field(0.1, ge=0)
     """Silence kept after a speech run."""
 
