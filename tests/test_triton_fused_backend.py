@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from asr_optimize.triton import repository as repo_mod
-from asr_optimize.triton.repository import BatchingOptions
+from asr_optimize.triton.repository import BatchingOptions, VersionManifest
 from tests.triton_server import DEMO_MODEL, ClientLoop, export, requires_triton
 
 pytestmark = [pytest.mark.slow]
@@ -151,6 +151,13 @@ def test_gpu_memory_check_sizes_the_whole_folder(engine: Path, monkeypatch: pyte
     assert check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0)) is None
     cpu = SwapOptions(gpu_memory_factor=40.0, batching=BatchingOptions(instance_kind="KIND_CPU"))
     assert check_gpu_memory(engine, "python_fused", cpu) is None
+    # what the serving version took when it loaded (a fused engine's graphs and activations) outweighs its size
+    serving = VersionManifest(model_name="m", version=4, kind="python_fused", model_file="engine/weights.safetensors",
+                              sha256="0" * 64, inputs=["input_values"], vocab_size=8, source="x", gpu_load_mb=17800.0)
+    reason = check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), serving)
+    assert reason is not None and "measured when v4 loaded: 17800 MiB" in reason
+    onnx = serving.model_copy(update={"kind": "python_onnxruntime"})  # another kind: its footprint says nothing
+    assert check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), onnx) is None
 
 
 def test_warmup_shapes_cover_the_pipelines_windows() -> None:
@@ -173,6 +180,10 @@ def test_warmup_shapes_cover_the_pipelines_windows() -> None:
     buckets = module.shape_buckets([32000, 80000], window, 6)
     assert buckets[:3] == [(1, 32000), (1, 80000), (1, window)] and buckets[-1] == (8, window)
     assert module.shape_buckets([32000], 20000, 1) == [(1, 32000)]  # a window inside the buckets adds none
+    # a per-call budget of 64 x 10 s: 10 s rows up to 64 per call, 20 s rows up to 32 (bigger batches are split)
+    budgeted = module.shape_buckets([160000, 320000], 0, 64, 640 * 16000)
+    assert max(b for b, s in budgeted if s == 160000) == 64 and max(b for b, s in budgeted if s == 320000) == 32
+    assert module.rows_per_call(320000, 64, 640 * 16000) == 32 and module.rows_per_call(16000, 6, 10**9) == 8
 
 
 # ---------------------------------------------------------------------------------------------- real tritonserver

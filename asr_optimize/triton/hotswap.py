@@ -147,8 +147,13 @@ class GpuMemoryError(RepositoryError):
     """Free GPU memory cannot hold the new version beside the serving one; nothing was changed."""
 
 
-def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions) -> str | None:
-    """Why N+1 cannot load beside N on the GPU, or None (CPU instances, no GPU visible, or enough memory)."""
+def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
+                     serving: repo_mod.VersionManifest | None = None) -> str | None:
+    """Why N+1 cannot load beside N on the GPU, or None (CPU instances, no GPU visible, or enough memory).
+
+    The need is the larger of the artifact's size x ``gpu_memory_factor`` x instances and what the serving version
+    took when it loaded (``gpu_load_mb``, measured, when it is of the same kind): a fused engine's CUDA graphs and
+    activations take several times its weights."""
     from asr_optimize.triton import gpu_memory
 
     if repo_mod.instance_kind(kind, opts.batching) != "KIND_GPU":
@@ -159,16 +164,36 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions) -> str 
     if opts.batching.gpu_ids:
         gpus = [g for g in gpus if g.index in opts.batching.gpu_ids] or gpus
     size_mb = gpu_memory.artifact_bytes(artifact) / 2**20
-    need = size_mb * opts.gpu_memory_factor * opts.batching.instance_count + opts.gpu_memory_margin_mb
+    estimate = size_mb * opts.gpu_memory_factor * opts.batching.instance_count
+    measured = serving.gpu_load_mb if serving is not None and serving.kind == kind and serving.gpu_load_mb else 0.0
+    per_gpu = max(estimate, measured / len(gpus))
+    need = per_gpu + opts.gpu_memory_margin_mb
     short = [g for g in gpus if g.free_mb < need]
     if not short:
         return None
     worst = min(short, key=lambda g: g.free_mb)
+    basis = (f"measured when v{serving.version} loaded: {measured:.0f} MiB over {len(gpus)} GPU(s)"
+             if serving is not None and per_gpu == measured / len(gpus) else
+             f"{size_mb:.0f} MiB model x {opts.gpu_memory_factor:g} x {opts.batching.instance_count} instance(s)")
     return (f"not enough free GPU memory to load the new version beside the serving one: GPU {worst.index} has "
             f"{worst.free_mb:.0f} MiB free of {worst.total_mb:.0f} MiB, the new version needs about {need:.0f} MiB "
-            f"({size_mb:.0f} MiB model x {opts.gpu_memory_factor:g} x {opts.batching.instance_count} instance(s) "
-            f"+ {opts.gpu_memory_margin_mb:.0f} MiB margin); nothing was changed, the serving version keeps serving. "
-            "Free GPU memory (other processes, retired versions: keep_versions=1) or lower the instance count")
+            f"({basis} + {opts.gpu_memory_margin_mb:.0f} MiB margin); nothing was changed, the serving version keeps "
+            "serving. Free GPU memory (other processes, retired versions: keep_versions=1) or lower the instance "
+            "count (fused engine: batching.fused_max_batch_s)")
+
+
+def gpu_used_mb(kind: ModelKind, opts: SwapOptions) -> float | None:
+    """Memory in use on the GPUs the acoustic instances use (None for CPU instances or without a GPU)."""
+    from asr_optimize.triton import gpu_memory
+
+    if repo_mod.instance_kind(kind, opts.batching) != "KIND_GPU":
+        return None
+    gpus = gpu_memory.gpu_memory()
+    if not gpus:
+        return None
+    if opts.batching.gpu_ids:
+        gpus = [g for g in gpus if g.index in opts.batching.gpu_ids] or gpus
+    return sum(g.used_mb for g in gpus)
 
 
 def pipeline_transcribe(
@@ -315,10 +340,10 @@ def hot_swap(
     decision = SwapDecision(model_name=opts.model_name, pipeline_name=opts.pipeline_name, action="refused",
                             previous_version=previous, candidate_version=None, serving_version=previous,
                             live_versions=sorted(old_live), reconciled=repaired)
-    if artifact.exists() and (reason := check_gpu_memory(artifact, kind, opts)):
+    serving_manifest = repo_mod.read_manifest(root, opts.model_name, previous) if previous else None
+    if artifact.exists() and (reason := check_gpu_memory(artifact, kind, opts, serving_manifest)):
         decision.reasons.append(reason)
         return decision
-    serving_manifest = repo_mod.read_manifest(root, opts.model_name, previous) if previous else None
     ctc = repo_mod.pipeline_ctc(root, opts.pipeline_name)
     if previous and ctc is not None and ctc["tokens"] != repo_mod.ctc_info(model_dir)["tokens"]:
         decision.reasons.append("the new model's vocabulary differs from the serving pipeline's; "
@@ -348,11 +373,16 @@ def hot_swap(
 
     # load N+1 beside N (N keeps serving during the reload, and stays if the reload fails)
     start = time.perf_counter()
+    used_before = gpu_used_mb(kind, opts)
     try:
         swap.write_acoustic_config([*old_live, new], manifest)
         swap.client.load_model(opts.model_name)
         if not wait_ready(client, opts.model_name, new, opts.load_timeout_s):
             raise RuntimeError(f"version {new} not ready after {opts.load_timeout_s:.0f} s")
+        used_after = gpu_used_mb(kind, opts)
+        if used_before is not None and used_after is not None:  # the next swap's estimate of N+1
+            manifest.gpu_load_mb = round(max(used_after - used_before, 0.0), 1)
+            repo_mod.write_manifest(root, manifest)
         if previous is None:
             repo_mod.write_pipeline(root, opts.pipeline_name, model_dir, opts.model_name, new,
                                     "attention_mask" in manifest.inputs, opts.batching.max_batch_size, opts.batching)

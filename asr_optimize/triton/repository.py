@@ -91,6 +91,10 @@ class BatchingOptions(BaseModel):
     fused_precision: Literal["auto", "fp16", "fp8"] = "auto"
     """GPU fused model: auto = the precision recorded in each version's manifest (the engine's, or the promoted
     spec's), per version, so fp16 and fp8 versions can be live together. CPU instances always run fp32."""
+    fused_max_batch_s: float = Field(640.0, gt=0)
+    """Fused model: audio seconds per engine call (batch x padded length; default 64 x 10 s). Larger scheduler
+    batches are split. Why: activation memory and the CUDA-graph pool grow with it; with 64 x 20 s shapes one
+    replica instance held 17.8 GiB on the H100 and two versions side by side (a hot swap) ran out of memory."""
     fused_warmup: bool | None = None
     """Fused model: capture the CUDA graphs of every (batch, bucket) shape the pipeline sends at load time, so a hot
     swap pays capture before it serves. None: on for GPU instances, off for CPU ones."""
@@ -123,6 +127,9 @@ class VersionManifest(BaseModel):
     """python_fused: the engine folder format this version needs (``engine.json`` ``format``); the model refuses to
     load when the stub's ``asr_optimize`` reads another."""
     precision: str | None = None
+    gpu_load_mb: float | None = None
+    """GPU memory this version took when it loaded (driver reading after minus before); the next swap of the same
+    kind uses it as the estimate of what N+1 needs beside N."""
     """python_fused: the precision a GPU instance runs (the promoted spec's, else the engine's build precision)."""
 
 
@@ -193,6 +200,7 @@ def python_parameters(group_kind: str, batching: BatchingOptions) -> dict[str, s
               "io_binding": str(batching.io_binding).lower(), "cuda_graphs": str(batching.cuda_graphs).lower(),
               "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes),
               "precision": batching.fused_precision, "warmup": warmup,
+              "max_batch_seconds": f"{batching.fused_max_batch_s:g}",
               "bucket_samples": ",".join(str(b) for b in batching.bucket_samples()),
               "long_form_chunk_s": (f"{batching.long_form.chunk_s:g}"
                                     if batching.long_form.enabled and batching.buckets_s else "")}
@@ -364,6 +372,12 @@ def _copy_fused_engine(
     fields = {"engine_format": engine_format, "precision": str(precision),
               "vocab_size": int(meta.get("architecture", {}).get("vocab_size", 0))}
     return f"{FUSED_ENGINE_DIR}/{weights}", [WAV2VEC2_CTC.audio_input, WAV2VEC2_CTC.mask_input], fields
+
+
+def write_manifest(root: Path, manifest: VersionManifest) -> None:
+    """Rewrite a version's manifest (atomically) after a fact about it was measured."""
+    atomic_write_text(root / manifest.model_name / str(manifest.version) / MANIFEST_NAME,
+                      manifest.model_dump_json(indent=2))
 
 
 def read_manifest(root: Path, name: str, version: int) -> VersionManifest | None:

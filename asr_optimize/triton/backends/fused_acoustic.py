@@ -11,7 +11,8 @@ shape the ``asr`` pipeline sends (its length buckets, plus the long-form window,
 ``max_batch_size``, padded) in ``initialize`` means a hot swap pays capture before the canary, not on live traffic.
 Logits go back as CPU numpy: the pipeline is numpy-only (``as_numpy()`` fails on GPU tensors in BLS responses).
 
-Parameters: ``precision`` (auto = the version manifest's | fp16 | fp8; GPU only, CPU runs fp32), ``warmup``
+Parameters: ``max_batch_seconds`` (audio per engine call: bigger scheduler batches are split, bounding activation
+and graph-pool memory), ``precision`` (auto = the version manifest's | fp16 | fp8; GPU only, CPU runs fp32), ``warmup``
 (auto = on for GPU instances | true | false), ``bucket_samples`` (the pipeline's buckets), ``long_form_chunk_s``
 (the pipeline's long-form window), ``intra_op_threads`` (torch threads on a CPU instance).
 """
@@ -47,11 +48,22 @@ def window_samples(chunk_s, kernels, strides, sample_rate=16000):
     return (chunk - 1) * frame + receptive + frame - 1
 
 
-def shape_buckets(bucket_samples, window, max_batch):
-    """(batch, samples) buckets: every width x batch sizes 1, 2, 4, ...; sorted as the runner searches them."""
+def rows_per_call(samples, max_batch, budget_samples):
+    """Rows of ``samples`` each that one engine call takes: a power of two within ``budget_samples`` (at least 1),
+    at most the power of two that holds ``max_batch``."""
+    rows = 1
+    while rows * 2 <= max_batch * 2 - 1 and rows * 2 * samples <= budget_samples:
+        rows *= 2
+    return rows
+
+
+def shape_buckets(bucket_samples, window, max_batch, budget_samples=None):
+    """(batch, samples) buckets: every width x batch sizes 1, 2, 4, ... within the per-call budget; sorted as the
+    runner searches them."""
     widths = sorted(set(bucket_samples) | ({window} if window and (not bucket_samples or window > max(bucket_samples))
                                            else set()))
-    return sorted((b, s) for b in _pow2_upto(max_batch) for s in widths)
+    budget = budget_samples or float("inf")
+    return sorted((b, s) for s in widths for b in _pow2_upto(rows_per_call(s, max_batch, budget)))
 
 
 class TritonPythonModel:
@@ -112,7 +124,9 @@ class TritonPythonModel:
         arch = meta.get("architecture", {})
         window = (window_samples(chunk_s, arch["conv_kernel"], arch["conv_stride"])
                   if chunk_s > 0 and "conv_kernel" in arch else 0)
-        self.buckets = shape_buckets(bucket_samples, window, self.max_batch) if bucket_samples else []
+        self.budget_samples = int(float(params.get("max_batch_seconds") or 640) * 16000)
+        self.buckets = (shape_buckets(bucket_samples, window, self.max_batch, self.budget_samples)
+                        if bucket_samples else [])
         try:
             self.runner = FusedRunner(self.engine_dir, device=device, precision=precision, cuda_graphs=self.on_gpu,
                                       buckets=self.buckets, max_graphs=max(64, 2 * len(self.buckets) + 16))
@@ -188,7 +202,10 @@ class TritonPythonModel:
             try:
                 values = np.concatenate([v for _, v, _ in members]) if len(members) > 1 else members[0][1]
                 mask = np.concatenate([m for _, _, m in members]) if len(members) > 1 else members[0][2]
-                logits = self.runner.infer(values, mask)  # float32 host copy (the graph's output is reused)
+                step = rows_per_call(values.shape[1], self.max_batch, self.budget_samples)
+                # float32 host copies (the graph's output is reused by the next call)
+                logits = np.concatenate([self.runner.infer(values[i : i + step], mask[i : i + step])
+                                         for i in range(0, values.shape[0], step)])
                 start = 0
                 for index, rows, _ in members:
                     part = np.ascontiguousarray(logits[start : start + rows.shape[0]], dtype=np.float32)
