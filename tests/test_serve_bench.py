@@ -130,7 +130,8 @@ def test_request_longer_than_largest_bucket(deployed) -> None:
 def test_repository_options_render(tmp_path: Path) -> None:
     """GPU instances, instance count and batching reach config.pbtxt for every kind; bad buckets are refused."""
     opts = repo_mod.BatchingOptions(max_batch_size=64, preferred_batch_sizes=[16, 32, 64], max_queue_delay_us=500,
-                                    instance_count=2, instance_kind="KIND_GPU", gpu_ids=[0, 1], cuda_graphs=True)
+                                    instance_count=2, instance_kind="KIND_GPU", gpu_ids=[0, 1], cuda_graphs=True,
+                                    gpu_input_tensors=True)
     for kind in ("python_onnxruntime", "onnxruntime_onnx", "tensorrt_plan"):
         text = repo_mod.acoustic_config("am", kind, [1], ["input_values", "attention_mask"], 77, opts)
         atomic_write_text(tmp_path / kind / "config.pbtxt", text)

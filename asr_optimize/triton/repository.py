@@ -74,8 +74,13 @@ class BatchingOptions(BaseModel):
     gpu_ids: list[int] | None = None
     """GPUs for the acoustic instances (None: Triton puts ``instance_count`` instances on every visible GPU)."""
     io_binding: bool = True
-    """GPU python models: Triton may hand them inputs it holds on the GPU (``FORCE_CPU_ONLY_INPUT_TENSORS: no``,
-    read through DLPack); the ONNX Runtime model also binds inputs/outputs to device memory."""
+    """GPU python ONNX Runtime model: bind inputs/outputs to device memory (one copy each way per batch)."""
+    gpu_input_tensors: bool = False
+    """GPU python models: let Triton hand them inputs it holds on the GPU (``FORCE_CPU_ONLY_INPUT_TENSORS: no``,
+    read through DLPack). Off by default: the ``asr`` pipeline and ordinary clients send host tensors, and with it
+    on the H100 serve-bench spent ~0.4 ms of server compute per second of audio per request outside the engine
+    (the fused model's 10 s requests: 5.8 ms per call for 1.6 ms of engine time); worth it only for clients that
+    send CUDA shared memory."""
     cuda_graphs: bool = False
     """GPU python ONNX Runtime model: capture one CUDA graph per (batch, samples) shape; each holds its own session
     (weights included), so at most ``cuda_graph_max_shapes`` of them; other shapes use the plain CUDA session."""
@@ -204,7 +209,7 @@ def python_parameters(group_kind: str, batching: BatchingOptions) -> dict[str, s
               "bucket_samples": ",".join(str(b) for b in batching.bucket_samples()),
               "long_form_chunk_s": (f"{batching.long_form.chunk_s:g}"
                                     if batching.long_form.enabled and batching.buckets_s else "")}
-    if group_kind == "KIND_GPU" and batching.io_binding:  # GPU-resident inputs stay there (DLPack)
+    if group_kind == "KIND_GPU" and batching.gpu_input_tensors:  # GPU-resident inputs stay there (DLPack)
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     return params
 
