@@ -92,7 +92,7 @@ def test_fused_acoustic_config(tmp_path: Path) -> None:
     assert config.backend == "python" and config.instance_group[0].kind == 1  # auto: KIND_GPU
     assert params["precision"] == "auto" and params["warmup"] == "auto"
     assert params["bucket_samples"] == "32000,80000,160000,320000" and params["long_form_chunk_s"] == "20"
-    assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in params  # host inputs unless gpu_input_tensors
+    assert params["FORCE_CPU_ONLY_INPUT_TENSORS"] == "no"  # gpu_input_tensors (default)
     # the ONNX Runtime python model writes the same parameters: one config holds versions of both kinds
     ort = repo_mod.acoustic_config("am", "python_onnxruntime", [2], ["input_values", "attention_mask"], 77,
                                    BatchingOptions(instance_kind="KIND_GPU"))

@@ -36,7 +36,7 @@ def batching(args: argparse.Namespace) -> repo_mod.BatchingOptions:
     return repo_mod.BatchingOptions(
         max_batch_size=64, preferred_batch_sizes=[4, 8, 16, 32, 64], max_queue_delay_us=args.queue_delay_us,
         instance_kind=args.instance_kind, instance_count=args.instances, intra_op_threads=0, io_binding=True,
-        gpu_input_tensors=os.environ.get("GPU_INPUTS") == "1",
+        gpu_input_tensors=os.environ.get("GPU_INPUTS", "1") == "1",
         cuda_graphs=args.cuda_graphs, buckets_s=[1.0, 2.0, 5.0, 10.0, 20.0],
         pipeline_instance_count=args.pipeline_instances, pipeline_max_queue_delay_us=100,
     )
