@@ -259,8 +259,36 @@ def test_pipeline_on_the_fused_engine_matches_in_process(server, engine: Path) -
     assert _batched(server.http_url, repo_mod.DEFAULT_PIPELINE_NAME, waves) == expected  # padded batches
     manifest = repo_mod.read_manifest(server.repository, repo_mod.DEFAULT_MODEL_NAME, decision.serving_version)
     assert manifest is not None and manifest.kind == "python_fused" and manifest.engine_format == 1
-    # warm-up ran every (batch 1/2/4) x (bucket 1.5/2/3.5 s + the 3.5 s window) shape, masked and not
+    # warm-up ran every padded (batch 1/2/4) x (bucket 1.5/2/3.5 s + the 3.5 s window) shape
     assert "warm-up of 12 shapes (fp32 on cpu)" in server.log_tail(200_000)
+    _acoustic_matches_in_process(server.http_url, engine, waves[:2])
+
+
+def _acoustic_matches_in_process(url: str, engine: Path, waves: list[np.ndarray]) -> None:
+    """The acoustic model alone: a padded batch and an unpadded request give the runner's logits."""
+    import tritonclient.http as httpclient
+
+    from asr_optimize.audio import make_batch
+    from asr_optimize.runners.fused_engine import FusedRunner
+    from asr_optimize.triton.hotswap import http_client
+
+    batch = make_batch(waves)
+    runner = FusedRunner(engine, device="cpu", precision="fp32")
+    try:
+        alone = batch.input_values[:1, : len(waves[0])]
+        expected = [runner.infer(batch.input_values, batch.attention_mask), runner.infer(alone, None)]
+    finally:
+        runner.close()
+    client = http_client(url)
+    for values, mask, want in ((batch.input_values, batch.attention_mask, expected[0]),
+                               (alone, np.ones(alone.shape, dtype=np.int64), expected[1])):
+        inputs = [httpclient.InferInput("input_values", list(values.shape), "FP32"),
+                  httpclient.InferInput("attention_mask", list(mask.shape), "INT64")]
+        inputs[0].set_data_from_numpy(np.ascontiguousarray(values))
+        inputs[1].set_data_from_numpy(mask.astype(np.int64))
+        got = client.infer(repo_mod.DEFAULT_MODEL_NAME, inputs).as_numpy("logits")
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 @requires_triton

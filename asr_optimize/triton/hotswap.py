@@ -156,13 +156,9 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
     activations take several times its weights."""
     from asr_optimize.triton import gpu_memory
 
-    if repo_mod.instance_kind(kind, opts.batching) != "KIND_GPU":
-        return None
-    gpus = gpu_memory.gpu_memory()
+    gpus = _acoustic_gpus(kind, opts)
     if not gpus:
         return None
-    if opts.batching.gpu_ids:
-        gpus = [g for g in gpus if g.index in opts.batching.gpu_ids] or gpus
     size_mb = gpu_memory.artifact_bytes(artifact) / 2**20
     estimate = size_mb * opts.gpu_memory_factor * opts.batching.instance_count
     measured = serving.gpu_load_mb if serving is not None and serving.kind == kind and serving.gpu_load_mb else 0.0
@@ -184,16 +180,20 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
 
 def gpu_used_mb(kind: ModelKind, opts: SwapOptions) -> float | None:
     """Memory in use on the GPUs the acoustic instances use (None for CPU instances or without a GPU)."""
+    gpus = _acoustic_gpus(kind, opts)
+    return sum(g.used_mb for g in gpus) if gpus else None
+
+
+def _acoustic_gpus(kind: ModelKind, opts: SwapOptions) -> list[Any] | None:
+    """The driver's reading of the GPUs the acoustic instances run on (None: CPU instances, or no GPU visible)."""
     from asr_optimize.triton import gpu_memory
 
     if repo_mod.instance_kind(kind, opts.batching) != "KIND_GPU":
         return None
     gpus = gpu_memory.gpu_memory()
-    if not gpus:
-        return None
-    if opts.batching.gpu_ids:
+    if gpus and opts.batching.gpu_ids:
         gpus = [g for g in gpus if g.index in opts.batching.gpu_ids] or gpus
-    return sum(g.used_mb for g in gpus)
+    return gpus
 
 
 def pipeline_transcribe(
