@@ -131,10 +131,10 @@ class VersionManifest(BaseModel):
     """python_fused: the engine folder format this version needs (``engine.json`` ``format``); the model refuses to
     load when the stub's ``asr_optimize`` reads another."""
     precision: str | None = None
+    """python_fused: the precision a GPU instance runs (the promoted spec's, else the engine's build precision)."""
     gpu_load_mb: float | None = None
     """GPU memory this version took when it loaded (driver reading after minus before); the next swap of the same
     kind uses it as the estimate of what N+1 needs beside N."""
-    """python_fused: the precision a GPU instance runs (the promoted spec's, else the engine's build precision)."""
 
 
 def fused_engine_dir(artifact: Path) -> Path | None:

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The fused-engine GPU lease (issues #14, #15, #16): one step per device command, run ON the GPU machine from the
 # repository root after the wheels arrived (../shared/gpu/stage-wheels.sh nvidia-pytriton==0.7.0
-# "tritonclient[http,grpc]==2.73.0" "jiwer>=3.0" soundfile "altair>=5" vl-convert-python pydantic-settings: no
-# onnxruntime-gpu needed, 4 parts), with .whl/numpy1 (numpy 1.26.4 cp312, for the Triton stub) carried.
+# "tritonclient[http,grpc]==2.73.0" "jiwer>=3.0" soundfile "altair>=5" vl-convert-python pydantic-settings
+# indic-nlp-library: no onnxruntime-gpu needed, 4 parts), with .whl/numpy1 (numpy 1.26.4 cp312, for the Triton stub)
+# carried. Device time: a machine start costs ~7 min held; serve ~3-4 min; soak ~41 s per swap (20 swaps do not fit
+# one 10-minute command: SWAPS=12, or run it twice); multi needs an nvidia-h100-x2 lease.
 #
 #   bash benchmarks/gpu/fused_lease.sh measure  # torch only: long-form 16 x 600 s (+ profile), the engine probe
 #   bash benchmarks/gpu/fused_lease.sh serve    # GPU 0: check, fused engine v1 via hot_swap, serve-bench sweep
