@@ -357,7 +357,8 @@ def run_windows(
         width = max(plans[k][j].num_samples for k, j in group)
         width = max(width, min(-(-width // bucket) * bucket, longest))
         values = np.zeros((len(group), width), dtype=np.float32)
-        mask = np.zeros((len(group), width), dtype=np.int64)
+        full = all(plans[k][j].num_samples == width for k, j in group)
+        mask = None if full else np.zeros((len(group), width), dtype=np.int64)
         for row, (k, j) in enumerate(group):
             window = plans[k][j]
             piece = waves[k][window.start : window.end]
@@ -367,9 +368,9 @@ def run_windows(
             elif normalization == "window":
                 piece = (piece - piece.mean()) / np.sqrt(piece.var() + 1e-7)
             values[row, : piece.size] = piece
-            mask[row, : piece.size] = 1
-        full = all(plans[k][j].num_samples == width for k, j in group)
-        return values, (None if full else mask)
+            if mask is not None:
+                mask[row, : piece.size] = 1
+        return values, mask
 
     def scatter(group: list[tuple[int, int]], logits: np.ndarray) -> None:
         for row, (k, j) in enumerate(group):

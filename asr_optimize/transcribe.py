@@ -161,8 +161,8 @@ def transcribe(
     vocab = CtcVocabulary.from_model_dir(model_dir)
     hop, field_ = conv_geometry(model_dir)
     frame_s = hop / SAMPLE_RATE
-    checked = list(_map_threads(lambda iw: check_recording(iw[1], f"utterance {iw[0]}", opts.max_duration_s),
-                                list(enumerate(waves))))
+    checked = _map_threads(lambda iw: check_recording(iw[1], f"utterance {iw[0]}", opts.max_duration_s),
+                           list(enumerate(waves)))
     n = len(checked)
     texts: list[str] = [""] * n
     logits_out: list[np.ndarray] = [np.empty(0)] * n
@@ -189,7 +189,7 @@ def transcribe(
             counts[index] = 1
 
     if long:
-        plans = list(_map_threads(lambda i: _plan(checked[i], opts, hop, field_), long))
+        plans = _map_threads(lambda i: _plan(checked[i], opts, hop, field_), long)
         stitched = run_windows(
             [checked[i] for i in long], plans, runner.infer, len(vocab.tokens), vocab.blank_id,
             vocab.tokens.index(vocab.word_delimiter), opts.batch_size, opts.normalization if normalize else None,
@@ -205,13 +205,13 @@ def transcribe(
     return TranscribeResult(texts=texts, logits=logits_out, words=words, windows=counts)
 
 
-def _map_threads(fn: Callable[[T], R], items: list[T]) -> Iterator[R]:
+def _map_threads(fn: Callable[[T], R], items: list[T]) -> list[R]:
     """``map`` over threads for per-recording host passes (finite check, silence search: numpy, which releases the
     GIL). Why: for 16 ten-minute recordings these took ~0.5 s of a 3.4 s GPU run, one recording after another."""
     if len(items) < 2:
-        return map(fn, items)
+        return [fn(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(len(items), os.cpu_count() or 1, 8)) as pool:
-        return iter(list(pool.map(fn, items)))
+        return list(pool.map(fn, items))
 
 
 def _plan(wave: np.ndarray, opts: ChunkingOptions, hop: int, field_: int) -> list[Window]:

@@ -39,11 +39,9 @@ def _pow2_upto(n):
 def window_samples(chunk_s, kernels, strides, sample_rate=16000):
     """Widest long-form window the pipeline sends (``chunking.plan_windows``): C frames plus the up to S - 1
     trailing samples a single-window recording keeps."""
-    frame = int(np.prod(strides))
-    receptive, jump = 1, 1
-    for kernel, stride in zip(kernels, strides, strict=True):
-        receptive += (kernel - 1) * jump
-        jump *= stride
+    from asr_optimize.ctc import conv_geometry_from
+
+    frame, receptive = conv_geometry_from(kernels, strides)
     chunk = round(chunk_s * sample_rate / frame)
     return (chunk - 1) * frame + receptive + frame - 1
 
@@ -52,7 +50,7 @@ def rows_per_call(samples, max_batch, budget_samples):
     """Rows of ``samples`` each that one engine call takes: a power of two within ``budget_samples`` (at least 1),
     at most the power of two that holds ``max_batch``."""
     rows = 1
-    while rows * 2 <= max_batch * 2 - 1 and rows * 2 * samples <= budget_samples:
+    while rows < max_batch and rows * 2 * samples <= budget_samples:
         rows *= 2
     return rows
 
