@@ -92,6 +92,20 @@ def test_buckets_pad_without_changing_logits(demo_engine: Path, demo_hf: torch.n
     assert runner._bucket(2, 9_000) == (2, 9_000)  # a configured bucket wins
 
 
+def test_blocks_stack_like_one_batch(demo_engine: Path) -> None:
+    """The Triton backend's path: one block per request, lengths instead of masks, padded to a bucket."""
+    runner = FusedRunner(demo_engine, device="cpu", precision="fp32", buckets=[(4, 20_000)])
+    x, mask, frames = _padded_batch(seed=2)
+    expected = runner.infer(x, mask)
+    blocks = [x[:1], torch.from_numpy(x[1:])]  # a host array and a (CPU) torch tensor
+    got = runner.to_numpy(runner.run_prepared(runner.prepare_blocks(blocks, mask.sum(axis=1))))
+    assert np.array_equal(got, expected)
+    full = runner.to_numpy(runner.run_prepared(runner.prepare_blocks([x[:1], x[:1]], None)))
+    assert np.array_equal(full[1], full[0]) and full.shape[1] == frames[0]
+    with pytest.raises(ValueError, match="different widths"):
+        runner.prepare_blocks([x[:1], x[:1, :8_000]], None)
+
+
 def test_demo_transcripts_identical(demo_engine: Path) -> None:
     from asr_optimize.eval_data import load_eval_set
 
@@ -220,6 +234,9 @@ def test_cuda_fp16_and_fp8_close_to_fp32(demo_engine: Path, demo_hf: torch.nn.Mo
         assert np.abs(out[i, :n] - ref[i, :n]).max() / scale < 0.05
     again = runner.infer(x, mask)  # graph replay gives the same result
     assert np.array_equal(out, again)
+    on_gpu = [torch.from_numpy(x[:2]).cuda(), torch.from_numpy(x[2:]).cuda()]  # Triton's GPU inputs (DLPack)
+    stacked = runner.to_numpy(runner.run_prepared(runner.prepare_blocks(on_gpu, mask.sum(axis=1))))
+    assert np.array_equal(stacked, out)  # same graph, rows copied device to device
     from asr_optimize.runners.fused_engine import fp8_support
 
     if fp8_support("cuda")[0]:

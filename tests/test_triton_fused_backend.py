@@ -158,6 +158,12 @@ def test_gpu_memory_check_sizes_the_whole_folder(engine: Path, monkeypatch: pyte
     assert reason is not None and "measured when v4 loaded: 17800 MiB" in reason
     onnx = serving.model_copy(update={"kind": "python_onnxruntime"})  # another kind: its footprint says nothing
     assert check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), onnx) is None
+    # Triton reloads the live versions beside the candidate: each of them needs that footprint again
+    monkeypatch.setattr(gpu_memory, "gpu_memory", lambda: [
+        gpu_memory.GpuMemory(index=0, name="fake", total_mb=81559, used_mb=51559, free_mb=30000)])
+    assert check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), serving) is None
+    reason = check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), serving, reloaded=1)
+    assert reason is not None and "x 2: Triton reloads the 1 live version(s)" in reason and "35600 MiB" in reason
 
 
 def test_warmup_shapes_cover_the_pipelines_windows() -> None:

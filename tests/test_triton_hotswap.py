@@ -164,10 +164,26 @@ def test_health_check_and_stage_results(server, good_model, onnx_files, canary) 
     assert manifest["kind"] == "python_onnxruntime" and manifest["inputs"] == ["input_values", "attention_mask"]
     assert repo_mod.live_versions(server.repository, MODEL) == [2, 3]  # keep_versions=2 by default
 
-    (server.repository / MODEL / "3" / "manifest.json").write_text(
-        json.dumps({**manifest, "vocab_size": manifest["vocab_size"] + 1}))
+    manifest_path = server.repository / MODEL / "3" / "manifest.json"
+    original = manifest_path.read_text()
+    manifest_path.write_text(json.dumps({**manifest, "vocab_size": manifest["vocab_size"] + 1}))
     _, bad = health_check(server.http_url, server.repository, canary.waves[:1], n_requests=2)
+    manifest_path.write_text(original)  # the next test swaps on top of v3
     assert not bad.passed and any("vocabulary" in p for p in bad.problems)
+
+
+def test_swap_reloads_only_the_versions_it_keeps(server, good_model, onnx_files, canary) -> None:
+    """Triton reloads every version its config lists on each load call. A swap lists only what stays (the serving
+    version and the candidate): older versions leave in the same reload, so K=2 costs two loads, not five."""
+    before = len(server.log_tail(10**8).splitlines())
+    decision = _swap(server, onnx_files["good_copy"], good_model, canary)
+    assert decision.promoted and decision.previous_version == 3 and decision.serving_version == 4, decision.summary()
+    assert decision.retired_versions == [2] and decision.live_versions == [3, 4]
+    assert "retire" not in decision.timings  # no second reload after promotion
+    loads = [line for line in server.log_tail(10**8).splitlines()[before:] if f'"loading: {MODEL}:' in line]
+    assert sorted(line.rsplit(":", 1)[-1].strip('"') for line in loads) == ["3", "4"]
+    assert repo_mod.version_dirs(server.repository, MODEL) == [3, 4]
+    assert _transcripts(server, canary.waves) == canary.reference_transcripts
 
 
 def test_triton_down_changes_nothing(tmp_path: Path, good_model, onnx_files, canary) -> None:

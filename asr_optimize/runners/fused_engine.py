@@ -168,43 +168,67 @@ class FusedRunner(TorchOutputs, Runner):
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> _Prepared:
         values = np.ascontiguousarray(input_values, dtype=np.float32)
-        batch, samples = values.shape
+        # the engine reads only each row's length (``mask.sum(1)``): send that, not the mask
+        lengths = None if attention_mask is None else np.asarray(attention_mask).sum(axis=1, dtype=np.int64)
+        return self.prepare_blocks([values], lengths)
+
+    def prepare_blocks(self, blocks: list[Any], lengths: np.ndarray | None = None) -> _Prepared:
+        """Prepare the rows of several equally wide blocks as one batch, with each row's valid length (None: all
+        full). A block is a float32 host array or a torch tensor (a CUDA one stays on the device).
+
+        Why blocks: the Triton backend gets one block per request; stacking them here writes each row once, straight
+        into the padded pinned staging buffer (or the device tensor), instead of concatenating, padding and staging
+        in three host copies."""
+        batch, samples = sum(int(b.shape[0]) for b in blocks), int(blocks[0].shape[1])
+        if any(int(b.shape[1]) != samples for b in blocks):
+            raise ValueError(f"blocks of different widths: {sorted({int(b.shape[1]) for b in blocks})}")
         frames = output_frames(self.arch, samples)
         if frames < 1:
             raise ValueError(f"{samples} samples is shorter than one frame of this model")
-        lengths = None  # the engine reads only each row's length (``mask.sum(1)``): send that, not the mask
-        if attention_mask is not None:
-            lengths = np.asarray(attention_mask).sum(axis=1, dtype=np.int64)
-            if (lengths == samples).all():
-                lengths = None
+        if lengths is not None and (np.asarray(lengths) == samples).all():
+            lengths = None
         gb, gs = self._bucket(batch, samples)  # buckets apply without graphs too (same padding rule)
         use_mask = lengths is not None or (gb, gs) != (batch, samples)
-        if (gb, gs) != (batch, samples):
-            padded = np.zeros((gb, gs), dtype=np.float32)
-            padded[:batch, :samples] = values
+        if use_mask:
             rows = np.full(gb, gs, dtype=np.int64)  # filler rows: full length, never an all-masked softmax
             rows[:batch] = samples if lengths is None else lengths
-            values, lengths = padded, rows
-        x = self._to_device(values)
+            lengths = rows
+        x = self._stack(blocks, gb, gs)
         m = self._mask_on_device(lengths, gs) if use_mask else None
         graphable = self.cuda_graphs and ((gb, gs, use_mask) in self._graphs or len(self._graphs) < self.max_graphs)
         entry = self._graph_for(gb, gs, use_mask, x, m) if graphable else None
         return _Prepared(x=x, mask=m, batch=batch, frames=frames, entry=entry)
 
-    def _to_device(self, values: np.ndarray) -> Any:
-        """Audio to the device through one reused pinned buffer (grown, never shrunk). Why: on the H100 host a
-        pageable copy of a 32 x 20 s batch (41 MB) took 14 ms per call, the whole GPU time of long-form windows
-        being ~56 ms; from pinned memory the DMA runs at full speed. The copy is synchronous, so the buffer is free
-        again when this returns."""
+    def _stack(self, blocks: list[Any], batch: int, samples: int) -> Any:
+        """The blocks' rows, zero-padded to ``(batch, samples)``, on the device in the engine's dtype.
+
+        Host rows go through one reused pinned buffer (grown, never shrunk). Why: on the H100 host a pageable copy
+        of a 32 x 20 s batch (41 MB) took 14 ms per call, the whole GPU time of long-form windows being ~56 ms; from
+        pinned memory the DMA runs at full speed. The copy is synchronous, so the buffer is free again when this
+        returns. Rows already on the GPU (Triton's GPU input tensors, via DLPack) are copied device to device."""
         torch = self.torch
-        host = torch.from_numpy(values)
-        if self.device != "cuda":
-            return host.to(dtype=self.dtype)
-        if self._staging is None or self._staging.numel() < host.numel():
-            self._staging = torch.empty(host.numel(), dtype=torch.float32, pin_memory=True)
-        staging = self._staging[: host.numel()].view(host.shape)
-        staging.copy_(host)
-        return staging.to(self.device, dtype=self.dtype)
+        tensors = [torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32)) if isinstance(b, np.ndarray) else b
+                   for b in blocks]
+        on_device = self.device == "cuda" and all(t.is_cuda for t in tensors)
+        if on_device:
+            out = torch.empty((batch, samples), device=self.device, dtype=self.dtype)
+        elif self.device == "cuda":
+            if self._staging is None or self._staging.numel() < batch * samples:
+                self._staging = torch.empty(batch * samples, dtype=torch.float32, pin_memory=True)
+            out = self._staging[: batch * samples].view(batch, samples)
+        else:
+            out = torch.empty((batch, samples), dtype=torch.float32)
+        row = 0
+        for t in tensors:
+            out[row : row + t.shape[0], : t.shape[1]].copy_(t)
+            row += t.shape[0]
+        if samples > tensors[0].shape[1]:
+            out[:row, tensors[0].shape[1] :].zero_()
+        if row < batch:
+            out[row:].zero_()
+        if on_device:
+            return out
+        return out.to(self.device, dtype=self.dtype) if self.device == "cuda" else out.to(dtype=self.dtype)
 
     def _mask_on_device(self, lengths: np.ndarray, samples: int) -> Any:
         """The int64 ``[batch, samples]`` mask made on the device from row lengths (a few bytes cross the bus)."""

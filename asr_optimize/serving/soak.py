@@ -55,6 +55,8 @@ class SwapRecord(BaseModel):
     gpu_used_mb: list[float] | None = None
     """Memory in use on each GPU right after the swap (None without a GPU)."""
     reasons: list[str] = Field(default_factory=list)
+    timings: dict[str, float] = Field(default_factory=dict)
+    """Seconds per swap phase (write, load, canary, promote, retire or rollback), from the swap decision."""
 
 
 class SoakResult(BaseModel):
@@ -183,7 +185,7 @@ def soak(
                 action=decision.action, serving_version=decision.serving_version, seconds=round(end - start, 3),
                 requests_during=len(during), failed_during=sum(1 for r in during if not r.ok),
                 p99_during_ms=_p([(r.end - r.start) * 1000 for r in during if r.ok], 99),
-                gpu_used_mb=_used(gpu_memory()), reasons=decision.reasons,
+                gpu_used_mb=_used(gpu_memory()), reasons=decision.reasons, timings=decision.timings,
             )
             result.swaps.append(record)
             if progress is not None:

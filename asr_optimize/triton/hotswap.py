@@ -64,7 +64,9 @@ class SwapOptions(BaseModel):
     batching: BatchingOptions = Field(default_factory=BatchingOptions)
     thresholds: GateThresholds = Field(default_factory=lambda: GateThresholds(max_cer_delta=0.002))
     keep_versions: int = Field(2, ge=1)
-    """Versions left live after promotion (the new one included): K=2 keeps N for a fast manual rollback."""
+    """Versions left live after promotion (the new one included): K=2 keeps N for a fast manual rollback. Older
+    versions leave when the next candidate loads, not after it is promoted: every load call makes Triton reload every
+    version its config lists (measured on the bundled tritonserver), so one config change per swap, not two."""
     grace_s: float = Field(5.0, ge=0)
     """Wait this long after promotion before older versions are unloaded (in-flight requests finish)."""
     load_timeout_s: float = Field(300.0, gt=0)
@@ -148,12 +150,14 @@ class GpuMemoryError(RepositoryError):
 
 
 def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
-                     serving: repo_mod.VersionManifest | None = None) -> str | None:
+                     serving: repo_mod.VersionManifest | None = None, reloaded: int = 0) -> str | None:
     """Why N+1 cannot load beside N on the GPU, or None (CPU instances, no GPU visible, or enough memory).
 
-    The need is the larger of the artifact's size x ``gpu_memory_factor`` x instances and what the serving version
-    took when it loaded (``gpu_load_mb``, measured, when it is of the same kind): a fused engine's CUDA graphs and
-    activations take several times its weights."""
+    One version needs the larger of the artifact's size x ``gpu_memory_factor`` x instances and what the serving
+    version took when it loaded (``gpu_load_mb``, measured, when it is of the same kind): a fused engine's CUDA graphs
+    and activations take several times its weights. ``reloaded``: live versions Triton loads again beside N+1 (a load
+    call reloads every listed version; the old copies serve until the new ones are ready), so the need is
+    (1 + reloaded) versions."""
     from asr_optimize.triton import gpu_memory
 
     gpus = _acoustic_gpus(kind, opts)
@@ -163,7 +167,7 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
     estimate = size_mb * opts.gpu_memory_factor * opts.batching.instance_count
     measured = serving.gpu_load_mb if serving is not None and serving.kind == kind and serving.gpu_load_mb else 0.0
     per_gpu = max(estimate, measured / len(gpus))
-    need = per_gpu + opts.gpu_memory_margin_mb
+    need = per_gpu * (1 + reloaded) + opts.gpu_memory_margin_mb
     short = [g for g in gpus if g.free_mb < need]
     if not short:
         return None
@@ -171,6 +175,8 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
     basis = (f"measured when v{serving.version} loaded: {measured:.0f} MiB over {len(gpus)} GPU(s)"
              if serving is not None and per_gpu == measured / len(gpus) else
              f"{size_mb:.0f} MiB model x {opts.gpu_memory_factor:g} x {opts.batching.instance_count} instance(s)")
+    if reloaded:
+        basis += f"; x {1 + reloaded}: Triton reloads the {reloaded} live version(s) beside it"
     return (f"not enough free GPU memory to load the new version beside the serving one: GPU {worst.index} has "
             f"{worst.free_mb:.0f} MiB free of {worst.total_mb:.0f} MiB, the new version needs about {need:.0f} MiB "
             f"({basis} + {opts.gpu_memory_margin_mb:.0f} MiB margin); nothing was changed, the serving version keeps "
@@ -341,7 +347,9 @@ def hot_swap(
                             previous_version=previous, candidate_version=None, serving_version=previous,
                             live_versions=sorted(old_live), reconciled=repaired)
     serving_manifest = repo_mod.read_manifest(root, opts.model_name, previous) if previous else None
-    if artifact.exists() and (reason := check_gpu_memory(artifact, kind, opts, serving_manifest)):
+    retained = retained_versions(old_live, previous, opts.keep_versions)
+    dropped = [v for v in old_live if v not in retained]
+    if artifact.exists() and (reason := check_gpu_memory(artifact, kind, opts, serving_manifest, len(retained))):
         decision.reasons.append(reason)
         return decision
     ctc = repo_mod.pipeline_ctc(root, opts.pipeline_name)
@@ -371,24 +379,27 @@ def hot_swap(
         return decision
     swap.timed("write", start)
 
-    # load N+1 beside N (N keeps serving during the reload, and stays if the reload fails)
+    # load N+1 beside N (N keeps serving during the reload, and stays if the reload fails); versions past
+    # keep_versions leave in the same reload (journal first: they are no longer confirmed)
     start = time.perf_counter()
+    if dropped:
+        swap.history = journal.begin(root, swap.history.model_copy(update={"confirmed": retained}), new)
+        decision.live_versions = retained
     used_before = gpu_used_mb(kind, opts)
     try:
-        swap.write_acoustic_config([*old_live, new], manifest)
+        swap.write_acoustic_config([*retained, new], manifest)
         swap.client.load_model(opts.model_name)
         if not wait_ready(client, opts.model_name, new, opts.load_timeout_s):
             raise RuntimeError(f"version {new} not ready after {opts.load_timeout_s:.0f} s")
-        used_after = gpu_used_mb(kind, opts)
-        if used_before is not None and used_after is not None:  # the next swap's estimate of N+1
-            manifest.gpu_load_mb = round(max(used_after - used_before, 0.0), 1)
-            repo_mod.write_manifest(root, manifest)
+        _delete_unloaded(swap, decision, dropped)
+        _record_load_footprint(swap, manifest, used_before, serving_manifest if dropped else None)
         if previous is None:
             repo_mod.write_pipeline(root, opts.pipeline_name, model_dir, opts.model_name, new,
                                     "attention_mask" in manifest.inputs, opts.batching.max_batch_size, opts.batching)
             swap.client.load_model(opts.pipeline_name)
     except Exception as exc:
-        return _rollback(swap, decision, old_live, manifest, f"loading v{new} failed: {_error(exc)}")
+        return _rollback(swap, decision, retained, manifest, f"loading v{new} failed: {_error(exc)}",
+                         dropped)
     swap.timed("load", start)
 
     # canary through the pipeline, pinned to N+1
@@ -397,13 +408,13 @@ def hot_swap(
         texts = pipeline_transcribe(client, opts.pipeline_name, canary.waves, acoustic_version=new)
         gate = canary_gate(canary, texts, opts.thresholds, f"triton:{opts.model_name}/v{new}")
     except Exception as exc:
-        return _rollback(swap, decision, old_live, manifest, f"canary on v{new} failed: {_error(exc)}")
+        return _rollback(swap, decision, retained, manifest, f"canary on v{new} failed: {_error(exc)}")
     swap.timed("canary", start)
     decision.gate = gate
     decision.canary = [CanaryRow(id=i, reference=r, triton=t)
                        for i, r, t in zip(canary.ids, canary.reference_transcripts, texts, strict=True)]
     if not gate.passed:
-        return _rollback(swap, decision, old_live, manifest, "canary " + gate.summary())
+        return _rollback(swap, decision, retained, manifest, "canary " + gate.summary())
 
     # promote: the pipeline now names N+1 (it reloads; the old pipeline instance serves until then)
     start = time.perf_counter()
@@ -420,10 +431,10 @@ def hot_swap(
         if previous is not None:
             repo_mod.set_serving_version(root, opts.pipeline_name, previous)
             _try(lambda: swap.client.load_model(opts.pipeline_name))
-        return _rollback(swap, decision, old_live, manifest, f"promoting v{new} failed: {_error(exc)}")
+        return _rollback(swap, decision, retained, manifest, f"promoting v{new} failed: {_error(exc)}")
     swap.timed("promote", start)
     decision.action, decision.serving_version = "promoted", new
-    decision.live_versions = sorted([*old_live, new])
+    decision.live_versions = sorted([*retained, new])
     swap.settle(new, decision.live_versions)  # confirmed: from now on N+1 is the good version
     _retire(swap, decision, manifest)
     decision.timings = swap.timings
@@ -439,9 +450,11 @@ def _try(fn: Any) -> str | None:
 
 
 def _rollback(
-    swap: _Swap, decision: SwapDecision, old_live: list[int], manifest: repo_mod.VersionManifest, reason: str
+    swap: _Swap, decision: SwapDecision, old_live: list[int], manifest: repo_mod.VersionManifest, reason: str,
+    dropped: list[int] | None = None,
 ) -> SwapDecision:
-    """Take N+1 out of the live list, reload (N keeps serving), delete N+1's folder."""
+    """Take N+1 out of the live list, reload (N keeps serving), delete N+1's folder (and those of ``dropped``:
+    versions past keep_versions the failed load already took out of the config)."""
     new = manifest.version
     decision.action = "rolled_back"
     decision.reasons.append(reason)
@@ -459,6 +472,7 @@ def _rollback(
             _try(lambda n=name: swap.client.unload_model(n))
         shutil.rmtree(swap.root / swap.pipeline, ignore_errors=True)
         (swap.root / swap.name / "config.pbtxt").unlink(missing_ok=True)
+    _delete_unloaded(swap, decision, dropped or [])
     if not _wait_unloaded(swap.client, swap.name, [new]) and _ready(swap.client, swap.name, new):
         decision.reasons.append(f"v{new} still loaded in Triton; its folder was kept")
     else:
@@ -501,6 +515,61 @@ def _clear_failed_record(swap: _Swap, old_live: list[int], manifest: repo_mod.Ve
     err = _try(lambda: swap.client.load_model(swap.name)) or err
     _wait_unloaded(swap.client, swap.name, [new])
     return err
+
+
+def retained_versions(live: list[int], serving: int | None, keep_versions: int) -> list[int]:
+    """The live versions that stay loaded beside a candidate: the serving one and the newest ``keep_versions`` - 2
+    others, so that after promotion exactly ``keep_versions`` are live and retiring needs no second reload."""
+    others = sorted(v for v in live if v != serving)
+    kept = others[len(others) - max(keep_versions - 2, 0):] if keep_versions > 2 else []
+    return sorted({*kept, *([serving] if serving is not None else [])})
+
+
+def _delete_unloaded(swap: _Swap, decision: SwapDecision, versions: list[int]) -> None:
+    """Delete the folders of versions the config no longer lists, once Triton has unloaded them."""
+    if not versions:
+        return
+    _wait_unloaded(swap.client, swap.name, versions)
+    for v in versions:
+        if _ready(swap.client, swap.name, v):
+            decision.reasons.append(f"v{v} still loaded; folder kept")
+            continue
+        shutil.rmtree(swap.root / swap.name / str(v), ignore_errors=True)
+        decision.retired_versions.append(v)
+
+
+def _record_load_footprint(swap: _Swap, manifest: repo_mod.VersionManifest, used_before: float | None,
+                           carried: repo_mod.VersionManifest | None) -> None:
+    """Store what loading N+1 took on the GPUs (``gpu_load_mb``: the next swap's memory check).
+
+    Measured as used memory after the load (settled: the old copies of reloaded versions are freed) minus before.
+    When the same load also dropped versions, that difference nets their release against N+1, so the serving
+    version's measurement (same kind) is carried over instead."""
+    kind = manifest.kind
+    if used_before is None or repo_mod.instance_kind(kind, swap.opts.batching) != "KIND_GPU":
+        return
+    if carried is not None:
+        if carried.kind == kind and carried.gpu_load_mb:
+            manifest.gpu_load_mb = carried.gpu_load_mb
+            repo_mod.write_manifest(swap.root, manifest)
+        return
+    used_after = _settled_gpu_used_mb(kind, swap.opts)
+    if used_after is not None:
+        manifest.gpu_load_mb = round(max(used_after - used_before, 0.0), 1)
+        repo_mod.write_manifest(swap.root, manifest)
+
+
+def _settled_gpu_used_mb(kind: ModelKind, opts: SwapOptions, timeout_s: float = 10.0) -> float | None:
+    """GPU memory in use once two readings 0.5 s apart agree within 64 MiB (old copies still being freed)."""
+    last = gpu_used_mb(kind, opts)
+    deadline = time.monotonic() + timeout_s
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = gpu_used_mb(kind, opts)
+        if now is None or abs(now - last) < 64:
+            return now
+        last = now
+    return last
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -549,12 +618,6 @@ def _retire(swap: _Swap, decision: SwapDecision, manifest: repo_mod.VersionManif
     if err := _try(lambda: swap.client.load_model(swap.name)):
         decision.reasons.append(f"retiring {drop} failed ({err}); they stay on disk")
         return
-    _wait_unloaded(swap.client, swap.name, drop)
-    for v in drop:
-        if _ready(swap.client, swap.name, v):
-            decision.reasons.append(f"v{v} still loaded; folder kept")
-            continue
-        shutil.rmtree(swap.root / swap.name / str(v), ignore_errors=True)
-        decision.retired_versions.append(v)
+    _delete_unloaded(swap, decision, drop)
     decision.live_versions = sorted(keep)
     swap.timed("retire", start)

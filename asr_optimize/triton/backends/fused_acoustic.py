@@ -159,54 +159,57 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------ inputs
 
-    def _array(self, tensor, dtype):
-        """A request tensor as numpy; GPU-resident ones (FORCE_CPU_ONLY_INPUT_TENSORS: no) through DLPack."""
+    def _rows(self, tensor):
+        """A request tensor as rows the runner stacks: host numpy (zero-copy view of Triton's shared memory), or a
+        torch CUDA tensor through DLPack when Triton placed it on the GPU (FORCE_CPU_ONLY_INPUT_TENSORS: no): GPU
+        inputs stay on the GPU."""
         if tensor.is_cpu():
-            return tensor.as_numpy().astype(dtype, copy=False)
+            return tensor.as_numpy()
         torch = self.torch
         try:
-            value = torch.from_dlpack(tensor)
+            return torch.from_dlpack(tensor)
         except (TypeError, AttributeError):
-            value = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
-        return value.cpu().numpy().astype(dtype, copy=False)  # FusedRunner.prepare takes host arrays
+            return torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
 
     def _inputs(self, request):
-        values = self._array(pb_utils.get_input_tensor_by_name(request, "input_values"), np.float32)
-        if values.ndim != 2:
-            raise ValueError(f"input_values must be [batch, samples], got shape {values.shape}")
+        """(rows, per-row valid lengths or None when every row is full) of one request."""
+        values = self._rows(pb_utils.get_input_tensor_by_name(request, "input_values"))
+        float32 = np.float32 if isinstance(values, np.ndarray) else self.torch.float32
+        if values.ndim != 2 or values.dtype != float32:
+            raise ValueError(f"input_values must be FP32 [batch, samples], got {values.dtype} {tuple(values.shape)}")
         mask_tensor = pb_utils.get_input_tensor_by_name(request, "attention_mask")
         if mask_tensor is None:
-            return values, np.ones(values.shape, dtype=np.int64)
-        mask = self._array(mask_tensor, np.int64)
-        if mask.shape != values.shape:
-            raise ValueError(f"attention_mask shape {mask.shape} differs from input_values {values.shape}")
-        return values, mask
+            return values, None
+        mask = self._rows(mask_tensor)
+        if tuple(mask.shape) != tuple(values.shape):
+            raise ValueError(f"attention_mask shape {tuple(mask.shape)} differs from input_values "
+                             f"{tuple(values.shape)}")
+        if isinstance(mask, np.ndarray):
+            return values, mask.sum(axis=1, dtype=np.int64)
+        return values, mask.sum(dim=1, dtype=self.torch.int64).cpu().numpy()
 
     # ------------------------------------------------------------------ running
 
     def execute(self, requests):
+        """Requests of one width run as one engine call (split at ``max_batch_seconds``); their rows are stacked
+        once inside the runner, and the logits come back to the host in one copy per call."""
         if self.on_gpu:
             self.torch.cuda.set_device(self.device_id)  # the current device is per thread
         responses = [None] * len(requests)
         groups = {}
         for index, request in enumerate(requests):
             try:
-                values, mask = self._inputs(request)
+                values, lengths = self._inputs(request)
             except Exception as exc:  # a malformed request fails alone
                 responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad input: {exc}"))
                 continue
-            groups.setdefault(values.shape[1], []).append((index, values, mask))
+            groups.setdefault(int(values.shape[1]), []).append((index, values, lengths))
         for members in groups.values():
             try:
-                values = np.concatenate([v for _, v, _ in members]) if len(members) > 1 else members[0][1]
-                mask = np.concatenate([m for _, _, m in members]) if len(members) > 1 else members[0][2]
-                step = rows_per_call(values.shape[1], self.max_batch, self.budget_samples)
-                # float32 host copies (the graph's output is reused by the next call)
-                logits = np.concatenate([self.runner.infer(values[i : i + step], mask[i : i + step])
-                                         for i in range(0, values.shape[0], step)])
+                logits = self._run_group(members)
                 start = 0
                 for index, rows, _ in members:
-                    part = np.ascontiguousarray(logits[start : start + rows.shape[0]], dtype=np.float32)
+                    part = logits[start : start + rows.shape[0]]  # whole rows of a C-contiguous array: no copy
                     responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logits", part)])
                     start += rows.shape[0]
             except Exception as exc:
@@ -215,6 +218,36 @@ class TritonPythonModel:
                         error=pb_utils.TritonError(f"fused engine failed: {type(exc).__name__}: {exc}")
                     )
         return responses
+
+    def _run_group(self, members):
+        """float32 host logits of every row of ``members`` (index, rows, lengths), in order."""
+        samples = int(members[0][1].shape[1])
+        step = rows_per_call(samples, self.max_batch, self.budget_samples)
+        # (request, first row, rows) slices of at most ``step`` rows per engine call
+        calls, current, taken = [], [], 0
+        for _, rows, lengths in members:
+            offset = 0
+            while offset < rows.shape[0]:
+                n = min(rows.shape[0] - offset, step - taken)
+                current.append((rows[offset : offset + n], None if lengths is None else lengths[offset : offset + n]))
+                offset, taken = offset + n, taken + n
+                if taken == step:
+                    calls.append(current)
+                    current, taken = [], 0
+        if current:
+            calls.append(current)
+        outputs = []
+        for call in calls:
+            blocks = [rows for rows, _ in call]
+            if all(lengths is None for _, lengths in call):
+                lengths = None
+            else:
+                lengths = np.concatenate([np.full(rows.shape[0], samples, dtype=np.int64) if lens is None else lens
+                                          for rows, lens in call])
+            out = self.runner.run_prepared(self.runner.prepare_blocks(blocks, lengths))
+            # one device-to-host copy per call (the graph's output is reused); C order, so request rows need no copy
+            outputs.append(np.ascontiguousarray(out.cpu().float().numpy()))
+        return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def finalize(self):
         runner, self.runner = getattr(self, "runner", None), None
