@@ -257,7 +257,7 @@ def test_pipeline_on_the_fused_engine_matches_in_process(server, engine: Path) -
     expected = _in_process(engine, waves)
     assert all(expected) and len(set(expected)) == len(expected)
     canary = CanarySet(ids, waves, expected)
-    opts = SwapOptions(grace_s=0.2, batching=_batching(fused_warmup=True))
+    opts = SwapOptions(grace_s=0.2, batching=_batching(fused_warmup=True, fused_profile_every=4))
     result, decision = deploy(engine, DEMO_MODEL, server.repository, server.http_url, canary, opts,
                               source="fused-fp16:test")
     assert result.status == "ok" and decision.promoted, decision.summary()
@@ -267,6 +267,7 @@ def test_pipeline_on_the_fused_engine_matches_in_process(server, engine: Path) -
     assert manifest is not None and manifest.kind == "python_fused" and manifest.engine_format == 1
     # warm-up ran every padded (batch 1/2/4) x (bucket 1.5/2/3.5 s + the 3.5 s window) shape
     assert "warm-up of 12 shapes (fp32 on cpu)" in server.log_tail(200_000)
+    assert "execute phases over 4 executes" in server.log_tail(200_000)  # fused_profile_every
     _acoustic_matches_in_process(server.http_url, engine, waves[:2])
 
 

@@ -95,6 +95,11 @@ class LevelResult(BaseModel):
     acoustic_compute_ms: float | None = None
     acoustic_batch: float | None = None
     """Average rows per acoustic model execution (dynamic batching); > 1 means requests were merged."""
+    acoustic_input_ms: float | None = None
+    """The acoustic compute split per request (Triton's compute_input / compute_infer / compute_output): inputs
+    copied to where the backend wants them, the backend's execute, outputs copied back."""
+    acoustic_infer_ms: float | None = None
+    acoustic_output_ms: float | None = None
     errors: list[str] = Field(default_factory=list)
 
 
@@ -211,7 +216,8 @@ def _count(stats: dict[str, Any], key: str, field: str) -> int:
 
 def _snapshot(raw: dict[str, Any], names: Sequence[str]) -> dict[str, dict[str, int]]:
     """Per model name: success count, queue ns, compute ns, inferences, executions (all versions summed)."""
-    out = {n: {"success": 0, "queue_ns": 0, "compute_ns": 0, "inferences": 0, "executions": 0} for n in names}
+    out = {n: {"success": 0, "queue_ns": 0, "compute_ns": 0, "inferences": 0, "executions": 0, **{
+        f"{k}_ns": 0 for k in COMPUTE_PHASES}} for n in names}
     for entry in raw.get("model_stats", []):
         name = entry.get("name")
         if name not in out:
@@ -219,10 +225,21 @@ def _snapshot(raw: dict[str, Any], names: Sequence[str]) -> dict[str, dict[str, 
         acc = out[name]
         acc["success"] += _count(entry, "success", "count")
         acc["queue_ns"] += _count(entry, "queue", "ns")
-        acc["compute_ns"] += sum(_count(entry, k, "ns") for k in ("compute_input", "compute_infer", "compute_output"))
+        for k in COMPUTE_PHASES:
+            acc[f"{k}_ns"] += _count(entry, k, "ns")
+            acc["compute_ns"] += _count(entry, k, "ns")
         acc["inferences"] += int(entry.get("inference_count", 0) or 0)
         acc["executions"] += int(entry.get("execution_count", 0) or 0)
     return out
+
+
+COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
+def _phases_ms(before: dict[str, int], after: dict[str, int]) -> list[float | None]:
+    """compute_input / compute_infer / compute_output ms per successful request between two snapshots."""
+    n = after["success"] - before["success"]
+    return [(after[f"{k}_ns"] - before[f"{k}_ns"]) / n / 1e6 if n > 0 else None for k in COMPUTE_PHASES]
 
 
 def _split(before: dict[str, int], after: dict[str, int]) -> tuple[float | None, float | None, float | None]:
@@ -363,8 +380,11 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
         elif target == "acoustic":
             result.acoustic_queue_ms, result.acoustic_compute_ms = result.server_queue_ms, result.server_compute_ms
             result.acoustic_batch = batch
+        if acoustic in before:
+            result.acoustic_input_ms, result.acoustic_infer_ms, result.acoustic_output_ms = _phases_ms(
+                before[acoustic], after[acoustic])
         for key in ("server_queue_ms", "server_compute_ms", "acoustic_queue_ms", "acoustic_compute_ms",
-                    "acoustic_batch"):
+                    "acoustic_batch", "acoustic_input_ms", "acoustic_infer_ms", "acoustic_output_ms"):
             value = getattr(result, key)
             if value is not None:
                 setattr(result, key, round(value, 3))

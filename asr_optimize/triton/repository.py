@@ -102,6 +102,9 @@ class BatchingOptions(BaseModel):
     fused_warmup: bool | None = None
     """Fused model: capture the CUDA graphs of every (batch, bucket) shape the pipeline sends at load time, so a hot
     swap pays capture before it serves. None: on for GPU instances, off for CPU ones."""
+    fused_profile_every: int = Field(0, ge=0)
+    """Fused model: N > 0 logs the mean time of the backend's execute phases (inputs, engine, responses) every N
+    executes, to tell the stub's own time from Triton's hand-over of tensors (a diagnosis aid; off by default)."""
 
     @field_validator("buckets_s")
     @classmethod
@@ -205,6 +208,7 @@ def python_parameters(group_kind: str, batching: BatchingOptions) -> dict[str, s
               "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes),
               "precision": batching.fused_precision, "warmup": warmup,
               "max_batch_seconds": f"{batching.fused_max_batch_s:g}",
+              "profile_every": str(batching.fused_profile_every),
               "bucket_samples": ",".join(str(b) for b in batching.bucket_samples()),
               "long_form_chunk_s": (f"{batching.long_form.chunk_s:g}"
                                     if batching.long_form.enabled and batching.buckets_s else "")}

@@ -38,6 +38,7 @@ def batching(args: argparse.Namespace) -> repo_mod.BatchingOptions:
         instance_kind=args.instance_kind, instance_count=args.instances, intra_op_threads=0, io_binding=True,
         gpu_input_tensors=os.environ.get("GPU_INPUTS", "1") == "1",
         cuda_graphs=args.cuda_graphs, buckets_s=[1.0, 2.0, 5.0, 10.0, 20.0],
+        fused_profile_every=int(os.environ.get("PROFILE_EVERY", "0")),
         pipeline_instance_count=args.pipeline_instances, pipeline_max_queue_delay_us=100,
     )
 
@@ -54,7 +55,8 @@ def canary(limit: int = 8) -> list:
 
 def server(args: argparse.Namespace, load: bool) -> TritonServer:
     models = [repo_mod.DEFAULT_MODEL_NAME, repo_mod.DEFAULT_PIPELINE_NAME] if load else []
-    return TritonServer(args.work / "repo", load=models, work_dir=args.work / "server", log_verbose=0)
+    extra = os.environ.get("SERVER_ARGS", "").split()  # e.g. --cuda-memory-pool-byte-size=0:1073741824
+    return TritonServer(args.work / "repo", load=models, work_dir=args.work / "server", log_verbose=0, extra_args=extra)
 
 
 def stage_prepare_fused(args: argparse.Namespace) -> None:
@@ -119,13 +121,33 @@ def stage_bench(args: argparse.Namespace) -> None:
     opts = ServeBenchOptions(concurrency=args.concurrency, targets=targets, durations_s=args.durations,
                              window_s=args.window_s, max_windows=8, max_level_s=60, label=args.label,
                              speed_only=True)
+    clients = int(os.environ.get("CLIENTS", "1"))
     with server(args, load=True) as running:
         try:
+            if clients > 1:  # is one load-generator process the limit? N processes at once; sum their throughput
+                parallel_clients(running.grpc_url, clients, args)
+                return
             result = serve_bench(running.grpc_url, demo_audio(16), opts, args.out / "serve-bench", device=args.device,
                                  progress=lambda r: print(json.dumps(r.model_dump(exclude={"errors"})), flush=True))
             print(result.markdown(), flush=True)
         finally:
             (args.out / "tritonserver-bench.log").write_text(running.log_tail(200_000))
+
+
+def parallel_clients(url: str, clients: int, args: argparse.Namespace) -> None:
+    """``clients`` loadgen processes, each with the given concurrency, started together against one server."""
+    import subprocess
+
+    targets = os.environ.get("TARGETS", "pipeline acoustic").split()
+    procs = [subprocess.Popen([sys.executable, "-m", "asr_optimize.serving.loadgen", "--url", url, "--concurrency",
+                               *map(str, args.concurrency), "--targets", *targets, "--durations",
+                               *map(str, args.durations), "--window-s", str(args.window_s), "--max-windows", "8",
+                               "--speed-only", "--label", f"{args.label}, client {i + 1} of {clients}",
+                               "--device", args.device, "--out", str(args.out / f"client-{i + 1}")])
+             for i in range(clients)]
+    codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise SystemExit(f"load generators exited with {codes}")
 
 
 def stage_soak(args: argparse.Namespace) -> None:

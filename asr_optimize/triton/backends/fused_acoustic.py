@@ -14,7 +14,9 @@ Logits go back as CPU numpy: the pipeline is numpy-only (``as_numpy()`` fails on
 Parameters: ``max_batch_seconds`` (audio per engine call: bigger scheduler batches are split, bounding activation
 and graph-pool memory), ``precision`` (auto = the version manifest's | fp16 | fp8; GPU only, CPU runs fp32), ``warmup``
 (auto = on for GPU instances | true | false), ``bucket_samples`` (the pipeline's buckets), ``long_form_chunk_s``
-(the pipeline's long-form window), ``intra_op_threads`` (torch threads on a CPU instance).
+(the pipeline's long-form window), ``intra_op_threads`` (torch threads on a CPU instance), ``profile_every`` (N > 0:
+log the mean time of execute's phases, inputs / engine / responses, every N executes; Triton's statistics cannot
+tell the stub's own time from the time Triton spends handing tensors to it).
 """
 
 import json
@@ -134,6 +136,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(
                 f"{self.engine_dir}: cannot load the fused engine: {type(exc).__name__}: {exc}"
             ) from exc
+        self.profile_every = int(params.get("profile_every") or 0)
+        self.profile = {"executes": 0, "rows": 0, "inputs": 0.0, "engine": 0.0, "responses": 0.0}
         warmup = params.get("warmup") or "auto"
         if warmup == "true" or (warmup == "auto" and self.on_gpu):
             self._warmup()
@@ -197,6 +201,7 @@ class TritonPythonModel:
             self.torch.cuda.set_device(self.device_id)  # the current device is per thread
         responses = [None] * len(requests)
         groups = {}
+        t0 = time.perf_counter()
         for index, request in enumerate(requests):
             try:
                 values, lengths = self._inputs(request)
@@ -204,9 +209,13 @@ class TritonPythonModel:
                 responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad input: {exc}"))
                 continue
             groups.setdefault(int(values.shape[1]), []).append((index, values, lengths))
+        t1 = time.perf_counter()
+        engine_s = 0.0
         for members in groups.values():
             try:
+                t = time.perf_counter()
                 logits = self._run_group(members)
+                engine_s += time.perf_counter() - t
                 start = 0
                 for index, rows, _ in members:
                     part = logits[start : start + rows.shape[0]]  # whole rows of a C-contiguous array: no copy
@@ -217,7 +226,24 @@ class TritonPythonModel:
                     responses[index] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(f"fused engine failed: {type(exc).__name__}: {exc}")
                     )
+        if self.profile_every:
+            self._profile(len(requests), t1 - t0, engine_s, time.perf_counter() - t1 - engine_s)
         return responses
+
+    def _profile(self, rows, inputs_s, engine_s, responses_s):
+        p = self.profile
+        p["executes"] += 1
+        p["rows"] += rows
+        p["inputs"] += inputs_s
+        p["engine"] += engine_s
+        p["responses"] += responses_s
+        if p["executes"] % self.profile_every == 0:
+            n = p["executes"]
+            pb_utils.Logger.log_info(
+                f"{self.engine_dir}: execute phases over {n} executes ({p['rows'] / n:.1f} requests each), mean ms: "
+                f"inputs {1e3 * p['inputs'] / n:.2f}, engine {1e3 * p['engine'] / n:.2f}, "
+                f"responses {1e3 * p['responses'] / n:.2f}"
+            )
 
     def _run_group(self, members):
         """float32 host logits of every row of ``members`` (index, rows, lengths), in order."""
