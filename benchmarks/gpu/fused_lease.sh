@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu/fused_lease.sh serve    # GPU 0: check, fused engine v1 via hot_swap, serve-bench sweep
 #   bash benchmarks/gpu/fused_lease.sh soak     # GPU 0: SWAPS (20) hot swaps of the fused engine under load
 #   bash benchmarks/gpu/fused_lease.sh multi    # all GPUs: 10 s at concurrency 64 / 128 / 256 (2-GPU host)
-#   bash benchmarks/gpu/fused_lease.sh diagnose # acoustic 10 s c64: stub phases, a 1 GB CUDA IPC pool, 2 clients
+#   bash benchmarks/gpu/fused_lease.sh diagnose # 10 s c64: stub phases, 2 load generators, 2 GPU instances
 # Each step leaves $OUT/<step>.tgz (console, CSV, markdown, charts, configs, server log tails).
 set -uo pipefail
 root=$(git rev-parse --show-toplevel 2>/dev/null || pwd)
@@ -41,12 +41,13 @@ case "$step" in
     fi
     TARGETS=${TARGETS:-pipeline acoustic} CONCURRENCY=${CONCURRENCY:-64 128 256} DURATIONS=10 bash $lease gpus -- \
       timeout 330 bash -c "bash $sl repo && bash $sl bench" ;;
-  diagnose)  # where does a 10 s batch's server time go? acoustic alone, concurrency 64, GPU 0; three variants
-    export CUDA_VISIBLE_DEVICES=0 TARGETS=acoustic DURATIONS=10 PROFILE_EVERY=50
-    bash $lease diag-base -- timeout 300 bash -c \
-      "bash $sl check >/dev/null && bash $sl prepare-fused && bash $sl repo && CONCURRENCY=64 bash $sl bench"
-    SERVER_ARGS="--cuda-memory-pool-byte-size=0:1073741824" CONCURRENCY=64 bash $lease diag-pool -- timeout 120 \
-      bash $sl bench
-    CLIENTS=2 CONCURRENCY=32 bash $lease diag-clients -- timeout 120 bash $sl bench ;;
+  diagnose)  # where does a 10 s batch's server time go? GPU 0: stub phases, 2 load generators, 2 instances on the GPU
+    export CUDA_VISIBLE_DEVICES=0 DURATIONS=10 PROFILE_EVERY=50
+    bash $lease diag-base -- timeout 240 bash -c \
+      "bash $sl check >/dev/null && bash $sl prepare-fused && bash $sl repo && TARGETS=acoustic CONCURRENCY=64 bash $sl bench"
+    TARGETS=acoustic CLIENTS=2 CONCURRENCY=32 bash $lease diag-clients -- timeout 120 bash $sl bench
+    INSTANCES=2 bash $lease diag-2inst -- timeout 240 bash -c \
+      "bash $sl repo && TARGETS='pipeline acoustic' CONCURRENCY=64 bash $sl bench"
+    TARGETS=pipeline CLIENTS=2 CONCURRENCY=32 bash $lease diag-2inst-clients -- timeout 120 bash $sl bench ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

@@ -27,6 +27,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 ENGINE_DIR = "engine"
+PROFILE_PHASES = ("inputs", "stack", "gpu", "fetch", "responses")
+"""execute's phases (``profile_every``): request tensors read, rows stacked on the device, the engine run (CUDA
+synchronized), logits copied to the host, responses built."""
 MANIFEST = "manifest.json"
 
 
@@ -137,7 +140,7 @@ class TritonPythonModel:
                 f"{self.engine_dir}: cannot load the fused engine: {type(exc).__name__}: {exc}"
             ) from exc
         self.profile_every = int(params.get("profile_every") or 0)
-        self.profile = {"executes": 0, "rows": 0, "inputs": 0.0, "engine": 0.0, "responses": 0.0}
+        self.profile = dict.fromkeys(PROFILE_PHASES, 0.0) | {"executes": 0, "rows": 0}
         warmup = params.get("warmup") or "auto"
         if warmup == "true" or (warmup == "auto" and self.on_gpu):
             self._warmup()
@@ -209,41 +212,46 @@ class TritonPythonModel:
                 responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"bad input: {exc}"))
                 continue
             groups.setdefault(int(values.shape[1]), []).append((index, values, lengths))
-        t1 = time.perf_counter()
-        engine_s = 0.0
+        self._tick("inputs", t0)
         for members in groups.values():
             try:
-                t = time.perf_counter()
                 logits = self._run_group(members)
-                engine_s += time.perf_counter() - t
+                t1 = time.perf_counter()
                 start = 0
                 for index, rows, _ in members:
                     part = logits[start : start + rows.shape[0]]  # whole rows of a C-contiguous array: no copy
                     responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("logits", part)])
                     start += rows.shape[0]
+                self._tick("responses", t1)
             except Exception as exc:
                 for index, _, _ in members:
                     responses[index] = pb_utils.InferenceResponse(
                         error=pb_utils.TritonError(f"fused engine failed: {type(exc).__name__}: {exc}")
                     )
         if self.profile_every:
-            self._profile(len(requests), t1 - t0, engine_s, time.perf_counter() - t1 - engine_s)
+            self._report(len(requests))
         return responses
 
-    def _profile(self, rows, inputs_s, engine_s, responses_s):
+    def _tick(self, phase, since):
+        """Add the time since ``since`` to ``phase`` (profiling only; the GPU is synchronized first so that each
+        phase holds its own device work)."""
+        if not self.profile_every:
+            return time.perf_counter()
+        if self.on_gpu:
+            self.torch.cuda.synchronize()
+        now = time.perf_counter()
+        self.profile[phase] += now - since
+        return now
+
+    def _report(self, requests):
         p = self.profile
         p["executes"] += 1
-        p["rows"] += rows
-        p["inputs"] += inputs_s
-        p["engine"] += engine_s
-        p["responses"] += responses_s
-        if p["executes"] % self.profile_every == 0:
-            n = p["executes"]
-            pb_utils.Logger.log_info(
-                f"{self.engine_dir}: execute phases over {n} executes ({p['rows'] / n:.1f} requests each), mean ms: "
-                f"inputs {1e3 * p['inputs'] / n:.2f}, engine {1e3 * p['engine'] / n:.2f}, "
-                f"responses {1e3 * p['responses'] / n:.2f}"
-            )
+        p["rows"] += requests
+        n = p["executes"]
+        if n % self.profile_every == 0:
+            phases = ", ".join(f"{k} {1e3 * p[k] / n:.2f}" for k in PROFILE_PHASES)
+            pb_utils.Logger.log_info(f"{self.engine_dir}: execute phases over {n} executes ({p['rows'] / n:.1f} "
+                                     f"requests each), mean ms: {phases}")
 
     def _run_group(self, members):
         """float32 host logits of every row of ``members`` (index, rows, lengths), in order."""
@@ -270,9 +278,14 @@ class TritonPythonModel:
             else:
                 lengths = np.concatenate([np.full(rows.shape[0], samples, dtype=np.int64) if lens is None else lens
                                           for rows, lens in call])
-            out = self.runner.run_prepared(self.runner.prepare_blocks(blocks, lengths))
+            t = time.perf_counter()
+            prepared = self.runner.prepare_blocks(blocks, lengths)
+            t = self._tick("stack", t)
+            out = self.runner.run_prepared(prepared)
+            t = self._tick("gpu", t)
             # one device-to-host copy per call (the graph's output is reused); C order, so request rows need no copy
             outputs.append(np.ascontiguousarray(out.cpu().float().numpy()))
+            self._tick("fetch", t)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def finalize(self):
