@@ -102,6 +102,9 @@ def test_blocks_stack_like_one_batch(demo_engine: Path) -> None:
     assert np.array_equal(got, expected)
     full = runner.to_numpy(runner.run_prepared(runner.prepare_blocks([x[:1], x[:1]], None)))
     assert np.array_equal(full[1], full[0]) and full.shape[1] == frames[0]
+    exact = FusedRunner(demo_engine, device="cpu", precision="fp32", buckets=[(4, 16_000)])
+    assert exact.prepare_blocks([x[:1], x[:1]], None).mask is None  # batch padding alone needs no mask (flash)
+    assert np.array_equal(exact.to_numpy(exact.run_prepared(exact.prepare_blocks([x[:1], x[:1]], None))), full)
     with pytest.raises(ValueError, match="different widths"):
         runner.prepare_blocks([x[:1], x[:1, :8_000]], None)
 

@@ -188,7 +188,10 @@ class FusedRunner(TorchOutputs, Runner):
         if lengths is not None and (np.asarray(lengths) == samples).all():
             lengths = None
         gb, gs = self._bucket(batch, samples)  # buckets apply without graphs too (same padding rule)
-        use_mask = lengths is not None or (gb, gs) != (batch, samples)
+        # a mask only when some row is shorter than the bucket: filler rows (batch padding) are full-length silence.
+        # Why it matters: a masked batch cannot use flash attention; on the H100 a 32 x 10 s batch of full rows took
+        # 45 ms masked vs ~26 ms unmasked in Triton
+        use_mask = lengths is not None or gs != samples
         if use_mask:
             rows = np.full(gb, gs, dtype=np.int64)  # filler rows: full length, never an all-masked softmax
             rows[:batch] = samples if lengths is None else lengths

@@ -19,7 +19,7 @@ export PYTHONPATH=/tmp/site:$root
 export WORK=${WORK:-/tmp/serve-lease}
 export LABEL="replica fp16, fused engine (speed only)"
 export INSTANCES=${INSTANCES:-1} PIPELINE_INSTANCES=${PIPELINE_INSTANCES:-4} QUEUE_DELAY_US=${QUEUE_DELAY_US:-200}
-step=${1:?measure | serve | soak | multi | diagnose}
+step=${1:?measure | serve | soak | multi | diagnose | final}
 lease=benchmarks/gpu/lease_step.sh
 sl=benchmarks/gpu/serve_lease.sh
 case "$step" in
@@ -49,5 +49,9 @@ case "$step" in
     INSTANCES=2 bash $lease diag-2inst -- timeout 240 bash -c \
       "bash $sl repo && TARGETS='pipeline acoustic' CONCURRENCY=64 bash $sl bench"
     TARGETS=pipeline CLIENTS=2 CONCURRENCY=32 bash $lease diag-2inst-clients -- timeout 120 bash $sl bench ;;
+  final)  # the goal rows after the row-padding mask fix: pipeline 1 s c1 + 10 s c64, acoustic 10 s c64 (GPU 0)
+    export CUDA_VISIBLE_DEVICES=0 PROFILE_EVERY=50
+    bash $lease final -- timeout 300 bash -c "bash $sl check >/dev/null && bash $sl prepare-fused && bash $sl repo && \
+      CONCURRENCY='1 64' DURATIONS='1 10' bash $sl bench" ;;
   *) echo "unknown step $step" >&2; exit 2 ;;
 esac

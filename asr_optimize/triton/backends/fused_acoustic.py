@@ -147,8 +147,8 @@ class TritonPythonModel:
 
     def _warmup(self):
         """Run (on a GPU: capture the CUDA graph of) every bucket shape with a padding mask: the pipeline pads each
-        utterance to a bucket, so its batches are masked; the rare unmasked batch (every row exactly a bucket long,
-        batch a power of two) is captured on first use instead of doubling the load time."""
+        utterance to a bucket, so its batches are masked; the rarer unmasked batch (every row exactly a bucket long) is
+        captured on first use instead of doubling the load time."""
         start = time.perf_counter()
         rng = np.random.default_rng(0)
         for batch, samples in self.buckets:
