@@ -33,6 +33,9 @@ def test_short_soak(tmp_path: Path) -> None:
     assert result.failed == 0, result.errors
     assert [s.action for s in result.swaps] == ["promoted"] * 3 and len(seen) == 3
     assert [s.serving_version for s in result.swaps] == [2, 3, 4]
+    assert [s.live_versions for s in result.swaps] == [[1, 2], [2, 3], [3, 4]]
+    # one reload per swap: older versions leave with the candidate's load, so no retire phase after promotion
+    assert all({"load", "canary", "promote"} <= set(s.timings) and "retire" not in s.timings for s in result.swaps)
     assert all(s.requests_during > 0 and s.failed_during == 0 for s in result.swaps)
     assert result.requests >= 20 and not result.distinct_answers_changed
     assert result.p99_steady_ms and result.p99_swap_ms and result.p50_steady_ms <= result.p99_steady_ms
@@ -42,3 +45,18 @@ def test_short_soak(tmp_path: Path) -> None:
     assert {"soak.csv", "soak.md", "soak.json", "soak.html"} <= files
     assert CPU_NOTE in (tmp_path / "out" / "soak.csv").read_text()
     assert "3 swaps (3 promoted)" in (tmp_path / "out" / "soak.md").read_text()
+
+
+def test_memory_growth_counts_from_the_steady_live_set() -> None:
+    """One version serves before the first swap, two after it (keep_versions=2): that step is not growth."""
+    from asr_optimize.serving.soak import SwapRecord, memory_growth
+
+    def swap(index: int, live: list[int], used: list[float] | None) -> SwapRecord:
+        return SwapRecord(index=index, artifact="a", action="promoted", serving_version=live[-1], seconds=1.0,
+                          requests_during=1, failed_during=0, p99_during_ms=1.0, gpu_used_mb=used, live_versions=live)
+
+    swaps = [swap(1, [1, 2], [16020.0, 480.0]), swap(2, [2, 3], [16022.0, 480.0]), swap(3, [3, 4], [16021.0, 480.0])]
+    assert memory_growth(swaps, [16030.0, 480.0]) == 10.0
+    assert memory_growth([swap(1, [1], [8000.0]), swap(2, [1, 2], [16000.0]), swap(3, [2, 3], [16100.0])],
+                         [16100.0]) == 100.0  # the first swap had fewer live versions: the second is the base
+    assert memory_growth([swap(1, [1, 2], None)], None) is None  # no GPU

@@ -54,6 +54,7 @@ class SwapRecord(BaseModel):
     p99_during_ms: float | None
     gpu_used_mb: list[float] | None = None
     """Memory in use on each GPU right after the swap (None without a GPU)."""
+    live_versions: list[int] = Field(default_factory=list)
     reasons: list[str] = Field(default_factory=list)
     timings: dict[str, float] = Field(default_factory=dict)
     """Seconds per swap phase (write, load, canary, promote, retire or rollback), from the swap decision."""
@@ -72,7 +73,9 @@ class SoakResult(BaseModel):
     p99_swap_ms: float | None = None
     gpu_before_mb: list[float] | None = None
     gpu_growth_mb: float | None = None
-    """Largest growth of used memory on any GPU from before the first swap to after the last (None on CPU)."""
+    """Largest growth of used memory on any GPU across the swaps (None on CPU): from after the first swap that left
+    as many versions live as the last one did, to after the last. Why not from before the first swap: a repository
+    serving one version holds two after its first swap (keep_versions), which is not growth."""
     gpu_note: str = ""
 
     @property
@@ -144,6 +147,16 @@ def _p(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 3) if values else None
 
 
+def memory_growth(swaps: list[SwapRecord], after: list[float] | None) -> float | None:
+    """Largest per-GPU growth from the first swap that left as many versions live as the last one did to ``after``
+    (see ``SoakResult.gpu_growth_mb``); None without GPU readings."""
+    steady = len(swaps[-1].live_versions) if swaps else 0
+    base = next((s.gpu_used_mb for s in swaps if len(s.live_versions) == steady and s.gpu_used_mb), None)
+    if not base or not after:
+        return None
+    return round(max(a - b for a, b in zip(after, base, strict=False)), 1)
+
+
 def _overlaps(record: RequestRecord, spans: list[tuple[float, float]]) -> bool:
     return any(record.start < end and record.end > start for start, end in spans)
 
@@ -186,6 +199,7 @@ def soak(
                 requests_during=len(during), failed_during=sum(1 for r in during if not r.ok),
                 p99_during_ms=_p([(r.end - r.start) * 1000 for r in during if r.ok], 99),
                 gpu_used_mb=_used(gpu_memory()), reasons=decision.reasons, timings=decision.timings,
+                live_versions=decision.live_versions,
             )
             result.swaps.append(record)
             if progress is not None:
@@ -204,9 +218,7 @@ def soak(
     steady = [(r.end - r.start) * 1000 for r in records if r.ok and not _overlaps(r, spans)]
     swapping = [(r.end - r.start) * 1000 for r in records if r.ok and _overlaps(r, spans)]
     result.p50_steady_ms, result.p99_steady_ms, result.p99_swap_ms = _p(steady, 50), _p(steady, 99), _p(swapping, 99)
-    after = _used(gpu_memory())
-    if result.gpu_before_mb and after:
-        result.gpu_growth_mb = round(max(a - b for a, b in zip(after, result.gpu_before_mb, strict=False)), 1)
+    result.gpu_growth_mb = memory_growth(result.swaps, _used(gpu_memory()))
     if out_dir is not None:
         result.write(Path(out_dir))
     return result
