@@ -521,7 +521,7 @@ def retained_versions(live: list[int], serving: int | None, keep_versions: int) 
     """The live versions that stay loaded beside a candidate: the serving one and the newest ``keep_versions`` - 2
     others, so that after promotion exactly ``keep_versions`` are live and retiring needs no second reload."""
     others = sorted(v for v in live if v != serving)
-    kept = others[len(others) - max(keep_versions - 2, 0):] if keep_versions > 2 else []
+    kept = others[-(keep_versions - 2):] if keep_versions > 2 else []
     return sorted({*kept, *([serving] if serving is not None else [])})
 
 
