@@ -77,9 +77,11 @@ class BatchingOptions(BaseModel):
     """GPU python ONNX Runtime model: bind inputs/outputs to device memory (one copy each way per batch)."""
     gpu_input_tensors: bool = True
     """GPU python models: let Triton hand them inputs it holds on the GPU (``FORCE_CPU_ONLY_INPUT_TENSORS: no``,
-    read through DLPack). Measured on two H100 leases of 2026-11-27 (fused engine, serve-bench, not one machine, so
-    not a clean A/B): with it on, 10 s acoustic requests at concurrency 1 took 5.8 ms of server compute and the
-    pipeline reached 2,624 x real time at 64 x 10 s; with host-only inputs 16.1 ms and 2,084 x."""
+    read through DLPack). The H100 evidence is mixed (fused engine, serve-bench, 10 s requests). Across two machines
+    (second session, older stub code) it was on: 5.8 ms of server compute at concurrency 1 and 2,624x for the
+    pipeline at concurrency 64; off: 16.1 ms and 2,084x. On one machine (third session) the acoustic model alone at
+    concurrency 64 reached 2,073x on and 2,536x off: with it on, tritonserver copies inputs to the GPU in its own
+    CUDA context, beside the stub's. Kept on until a same-machine pipeline A/B decides."""
     cuda_graphs: bool = False
     """GPU python ONNX Runtime model: capture one CUDA graph per (batch, samples) shape; each holds its own session
     (weights included), so at most ``cuda_graph_max_shapes`` of them; other shapes use the plain CUDA session."""
