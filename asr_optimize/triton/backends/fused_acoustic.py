@@ -257,7 +257,7 @@ class TritonPythonModel:
         """float32 host logits of every row of ``members`` (index, rows, lengths), in order."""
         samples = int(members[0][1].shape[1])
         step = rows_per_call(samples, self.max_batch, self.budget_samples)
-        # (request, first row, rows) slices of at most ``step`` rows per engine call
+        # engine calls of at most ``step`` rows, each a list of (rows, lengths) slices of the requests, in order
         calls, current, taken = [], [], 0
         for _, rows, lengths in members:
             offset = 0
