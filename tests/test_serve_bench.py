@@ -77,6 +77,22 @@ def test_serve_bench_sweep(deployed, tmp_path: Path) -> None:
     assert "| pipeline |" in (tmp_path / "serve_bench.md").read_text()
 
 
+def test_serve_bench_in_two_processes(deployed) -> None:
+    """Two load-generator processes share a level: their records join one timeline, nothing fails, and the acoustic
+    compute split (Triton's input / infer / output) adds up to the compute time."""
+    from asr_optimize.serving.loadgen import ServeBenchOptions, serve_bench
+
+    server, _, canary = deployed
+    opts = ServeBenchOptions(concurrency=[4], targets=["acoustic"], window_s=0.4, max_windows=4, stable_windows=2,
+                             min_window_requests=3, stability=0.5, processes=2)
+    (row,) = serve_bench(server.grpc_url, canary.waves[:4], opts).rows
+    assert row.failed == 0 and row.errors == [], row.errors
+    assert row.requests > 0 and row.throughput_rps > 0 and 0 < row.p50_ms <= row.p99_ms
+    assert row.acoustic_batch is not None and row.acoustic_batch >= 1
+    parts = row.acoustic_input_ms + row.acoustic_infer_ms + row.acoustic_output_ms
+    assert row.acoustic_infer_ms > 0 and abs(parts - row.acoustic_compute_ms) < 0.01
+
+
 def test_serve_bench_triton_down() -> None:
     from asr_optimize.serving.loadgen import ServeBenchOptions, serve_bench
     from asr_optimize.triton.server import free_port

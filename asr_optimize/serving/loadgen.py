@@ -16,6 +16,9 @@ p99, server queue vs compute, failed requests. Output: ``ServeBenchResult`` (pyd
 HTML), markdown. Audio: the demo test set (real speech) by default; runs on the replica model's artifact (random
 weights) must be labelled ``speed_only``: their transcripts are meaningless, only their timings count.
 
+With ``processes`` > 1 a level's workers run in that many child processes (each with its own gRPC client) that stream
+their records to this one, which keeps the windows and the statistics.
+
 ``python -m asr_optimize.serving.loadgen --url 127.0.0.1:8001 --concurrency 1 4 16 64 --durations 1 10 --out DIR``
 """
 
@@ -25,6 +28,8 @@ import argparse
 import asyncio
 import csv
 import json
+import multiprocessing
+import queue
 import statistics
 import threading
 import time
@@ -60,6 +65,10 @@ class ServeBenchOptions(BaseModel):
     """A window is stretched (up to 10 x ``window_s``) until this many requests completed in it."""
     max_level_s: float = Field(120.0, gt=0)
     request_timeout_s: float = Field(60.0, gt=0)
+    processes: int = Field(1, ge=1)
+    """Load-generator processes per level; a level's N in-flight requests are split between them. Why: one Python
+    process driving gRPC became a limit at high concurrency on the H100 host (two processes at 32 each served 17-33 %
+    more than one at 64). Records from every process share the system-wide monotonic clock."""
     model_name: str = DEFAULT_MODEL_NAME
     pipeline_name: str = DEFAULT_PIPELINE_NAME
     acoustic_version: str = ""
@@ -300,29 +309,134 @@ def _stable(windows: list[dict[str, Any]], opts: ServeBenchOptions) -> bool:
     return True
 
 
+async def _infer_loop(client: Any, model: str, version: str, payloads: list[_Payload], first: int, stride: int,
+                      timeout_s: float, stop: Any, record: Any) -> None:
+    """One worker of concurrency mode: its next request as soon as the previous one returns, until ``stop`` is set;
+    ``record(end, latency_s, error or None)`` per request (monotonic clock)."""
+    k = first
+    while not stop.is_set():
+        payload = payloads[k % len(payloads)]
+        k += stride
+        start = time.monotonic()
+        error = None
+        try:
+            await client.infer(model, payload.inputs, model_version=version, outputs=payload.outputs,
+                               client_timeout=timeout_s)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        end = time.monotonic()
+        record(end, end - start, error)
+        if error is not None:
+            await asyncio.sleep(0.01)
+
+
+def _child_load(url: str, target: Target, model: str, version: str, clips: list[np.ndarray], with_mask: bool,
+                workers: list[int], stride: int, timeout_s: float, out: Any, stop: Any) -> None:
+    """A load-generator process (``processes`` > 1): ``workers`` (their first payload indices) keep requests in
+    flight until ``stop`` is set; records go to ``out`` every 0.2 s, after a ("ready",) message."""
+
+    async def main() -> None:
+        import tritonclient.grpc.aio as grpcclient
+
+        client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+        payloads = _payloads(target, clips, with_mask)
+        batch: list[tuple[float, float, str | None]] = []
+        out.put(("ready",))
+
+        async def flush() -> None:
+            while not stop.is_set():
+                await asyncio.sleep(0.2)
+                if batch:
+                    out.put(("records", batch[:]))
+                    batch.clear()
+
+        flusher = asyncio.create_task(flush())
+        try:
+            await asyncio.gather(*[_infer_loop(client, model, version, payloads, first, stride, timeout_s, stop,
+                                               lambda *r: batch.append(r)) for first in workers])
+        finally:
+            flusher.cancel()
+            out.put(("records", batch[:]))
+            out.put(("done",))
+            await client.close()
+
+    asyncio.run(main())
+
+
+class _ProcessLoad:
+    """``processes`` child load generators for one level (see ``ServeBenchOptions.processes``)."""
+
+    def __init__(self, url: str, target: Target, model: str, version: str, clips: list[np.ndarray], with_mask: bool,
+                 concurrency: int, processes: int, timeout_s: float) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no forked gRPC or asyncio state
+        self.out, self.stop = ctx.Queue(), ctx.Event()
+        self.procs = [ctx.Process(target=_child_load, daemon=True,
+                                  args=(url, target, model, version, clips, with_mask,
+                                        list(range(i, concurrency, processes)), concurrency, timeout_s, self.out,
+                                        self.stop))
+                      for i in range(processes)]
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        for proc in self.procs:
+            proc.start()
+        ready, deadline = 0, time.monotonic() + timeout_s
+        while ready < len(self.procs):
+            if time.monotonic() > deadline or not any(p.is_alive() for p in self.procs):
+                self.close()
+                raise RuntimeError(f"load-generator processes did not start ({ready} of {len(self.procs)} ready)")
+            try:
+                ready += self.out.get(timeout=0.1)[0] == "ready"
+            except queue.Empty:
+                await asyncio.sleep(0)
+
+    def drain(self, records: list[tuple[float, float, bool]], errors: Counter[str]) -> int:
+        """Move the records that arrived into ``records``; returns how many children said they are done."""
+        done = 0
+        while True:
+            try:
+                message = self.out.get_nowait()
+            except queue.Empty:
+                return done
+            if message[0] == "records":
+                for end, latency, error in message[1]:
+                    records.append((end, latency, error is None))
+                    if error is not None:
+                        errors[error] += 1
+            done += message[0] == "done"
+
+    async def finish(self, records: list[tuple[float, float, bool]], errors: Counter[str],
+                     timeout_s: float = 120.0) -> None:
+        """Stop the children, collect their last records, join them."""
+        self.stop.set()
+        done, deadline = 0, time.monotonic() + timeout_s
+        while done < len(self.procs) and time.monotonic() < deadline:
+            done += self.drain(records, errors)
+            await asyncio.sleep(0.05)
+        self.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+
+
 async def _level(client: Any, target: Target, model: str, version: str, payloads: list[_Payload], concurrency: int,
-                 opts: ServeBenchOptions, stat_models: list[str]) -> LevelResult:
+                 opts: ServeBenchOptions, stat_models: list[str],
+                 spawn: tuple[str, list[np.ndarray], bool] | None = None) -> LevelResult:
+    """One concurrency level. ``spawn`` (url, clips, with_mask): run the workers in ``opts.processes`` child
+    processes instead of this event loop."""
     records: list[tuple[float, float, bool]] = []  # (end time, latency s, ok)
     errors: Counter[str] = Counter()
     stop = asyncio.Event()
+    processes = min(opts.processes, concurrency) if spawn is not None else 1
+    pool: _ProcessLoad | None = None
 
-    async def worker(first: int) -> None:
-        k = first
-        while not stop.is_set():
-            payload = payloads[k % len(payloads)]
-            k += concurrency
-            start = time.perf_counter()
-            ok = True
-            try:
-                await client.infer(model, payload.inputs, model_version=version, outputs=payload.outputs,
-                                   client_timeout=opts.request_timeout_s)
-            except Exception as exc:
-                ok = False
-                errors[f"{type(exc).__name__}: {str(exc)[:200]}"] += 1
-            end = time.perf_counter()
-            records.append((end, end - start, ok))
-            if not ok:
-                await asyncio.sleep(0.01)
+    def record(end: float, latency: float, error: str | None) -> None:
+        records.append((end, latency, error is None))
+        if error is not None:
+            errors[error] += 1
 
     async def snapshot() -> dict[str, dict[str, int]]:
         try:
@@ -330,20 +444,36 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
         except Exception:
             return _snapshot({}, stat_models)
 
-    tasks = [asyncio.create_task(worker(i)) for i in range(concurrency)]
+    tasks: list[Any] = []
+    if processes > 1 and spawn is not None:
+        pool = _ProcessLoad(spawn[0], target, model, version, spawn[1], spawn[2], concurrency, processes,
+                            opts.request_timeout_s)
+        await pool.start()
+    else:
+        tasks = [asyncio.create_task(_infer_loop(client, model, version, payloads, i, concurrency,
+                                                 opts.request_timeout_s, stop, record)) for i in range(concurrency)]
+
+    def pull() -> int:
+        if pool is not None:
+            pool.drain(records, errors)
+        return len(records)
+
     windows: list[dict[str, Any]] = []
-    level_start = time.perf_counter()
+    level_start = time.monotonic()
     edge, index, snap = level_start, 0, await snapshot()
     try:
-        while len(windows) < opts.max_windows and time.perf_counter() - level_start < opts.max_level_s:
+        while len(windows) < opts.max_windows and time.monotonic() - level_start < opts.max_level_s:
             await asyncio.sleep(opts.window_s)
-            while (len(records) - index < opts.min_window_requests
-                   and time.perf_counter() - edge < 10 * opts.window_s
-                   and time.perf_counter() - level_start < opts.max_level_s):
+            while (pull() - index < opts.min_window_requests
+                   and time.monotonic() - edge < 10 * opts.window_s
+                   and time.monotonic() - level_start < opts.max_level_s):
                 await asyncio.sleep(opts.window_s / 4)
-            now, count = time.perf_counter(), len(records)
+            now = time.monotonic()
+            pull()
+            records[index:] = sorted(records[index:])  # children deliver in batches: order by end time
+            count = index + sum(1 for r in records[index:] if r[0] <= now)
             new_snap = await snapshot()
-            chunk = records[index:count]
+            chunk = [r for r in records[index:count] if r[0] >= edge]  # children may finish some before the start
             good = [lat for _, lat, ok in chunk if ok]
             windows.append({"start": edge, "end": now, "records": chunk, "rps": len(good) / (now - edge),
                             "mean_s": statistics.fmean(good) if good else None, "before": snap, "after": new_snap})
@@ -353,6 +483,8 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if pool is not None:
+            await pool.finish(records, errors)
 
     stable = _stable(windows, opts)
     used = windows[-opts.stable_windows :] if windows else []
@@ -412,8 +544,10 @@ async def _sweep(url: str, waves: list[np.ndarray], opts: ServeBenchOptions, pro
             for seconds in lengths:
                 clips = [fit_duration(w, seconds) for w in waves] if seconds else list(waves)
                 payloads = _payloads(target, clips, with_mask)
+                spawn = (url, clips, with_mask) if opts.processes > 1 else None
                 for concurrency in opts.concurrency:
-                    row = await _level(client, target, model, version, payloads, concurrency, opts, stat_models)
+                    row = await _level(client, target, model, version, payloads, concurrency, opts, stat_models,
+                                       spawn)
                     rows.append(row)
                     if progress is not None:
                         progress(row)
@@ -558,12 +692,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--utterances", type=int, default=16, help="demo test-set utterances to cycle through")
     parser.add_argument("--label", default="")
     parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--processes", type=int, default=1, help="load-generator processes per level")
     parser.add_argument("--device", default="")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     opts = ServeBenchOptions(concurrency=args.concurrency, targets=args.targets, durations_s=args.durations or None,
                              window_s=args.window_s, max_windows=args.max_windows, label=args.label,
-                             speed_only=args.speed_only)
+                             speed_only=args.speed_only, processes=args.processes)
 
     def show(row: LevelResult) -> None:
         print(json.dumps({k: v for k, v in row.model_dump().items() if k != "errors"}), flush=True)

@@ -45,10 +45,10 @@ case "$step" in
     export CUDA_VISIBLE_DEVICES=0 DURATIONS=10 PROFILE_EVERY=50
     bash $lease diag-base -- timeout 240 bash -c \
       "bash $sl check >/dev/null && bash $sl prepare-fused && bash $sl repo && TARGETS=acoustic CONCURRENCY=64 bash $sl bench"
-    TARGETS=acoustic CLIENTS=2 CONCURRENCY=32 bash $lease diag-clients -- timeout 120 bash $sl bench
+    TARGETS=acoustic CLIENTS=2 CONCURRENCY=64 bash $lease diag-clients -- timeout 120 bash $sl bench
     INSTANCES=2 bash $lease diag-2inst -- timeout 240 bash -c \
       "bash $sl repo && TARGETS='pipeline acoustic' CONCURRENCY=64 bash $sl bench"
-    TARGETS=pipeline CLIENTS=2 CONCURRENCY=32 bash $lease diag-2inst-clients -- timeout 120 bash $sl bench ;;
+    TARGETS=pipeline CLIENTS=2 CONCURRENCY=64 bash $lease diag-2inst-clients -- timeout 120 bash $sl bench ;;
   final)  # the goal rows after the row-padding mask fix: pipeline 1 s c1 + 10 s c64, acoustic 10 s c64 (GPU 0)
     export CUDA_VISIBLE_DEVICES=0 PROFILE_EVERY=50
     bash $lease final -- timeout 300 bash -c "bash $sl check >/dev/null && bash $sl prepare-fused && bash $sl repo && \

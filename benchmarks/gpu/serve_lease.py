@@ -118,36 +118,17 @@ def stage_repo(args: argparse.Namespace) -> None:
 
 def stage_bench(args: argparse.Namespace) -> None:
     targets = os.environ.get("TARGETS", "pipeline acoustic").split()
+    # CLIENTS=N: the load generator in N processes (one Python process can be the limit at high concurrency)
     opts = ServeBenchOptions(concurrency=args.concurrency, targets=targets, durations_s=args.durations,
                              window_s=args.window_s, max_windows=8, max_level_s=60, label=args.label,
-                             speed_only=True)
-    clients = int(os.environ.get("CLIENTS", "1"))
+                             speed_only=True, processes=int(os.environ.get("CLIENTS", "1")))
     with server(args, load=True) as running:
         try:
-            if clients > 1:  # is one load-generator process the limit? N processes at once; sum their throughput
-                parallel_clients(running.grpc_url, clients, args)
-                return
             result = serve_bench(running.grpc_url, demo_audio(16), opts, args.out / "serve-bench", device=args.device,
                                  progress=lambda r: print(json.dumps(r.model_dump(exclude={"errors"})), flush=True))
             print(result.markdown(), flush=True)
         finally:
             (args.out / "tritonserver-bench.log").write_text(running.log_tail(200_000))
-
-
-def parallel_clients(url: str, clients: int, args: argparse.Namespace) -> None:
-    """``clients`` loadgen processes, each with the given concurrency, started together against one server."""
-    import subprocess
-
-    targets = os.environ.get("TARGETS", "pipeline acoustic").split()
-    procs = [subprocess.Popen([sys.executable, "-m", "asr_optimize.serving.loadgen", "--url", url, "--concurrency",
-                               *map(str, args.concurrency), "--targets", *targets, "--durations",
-                               *map(str, args.durations), "--window-s", str(args.window_s), "--max-windows", "8",
-                               "--speed-only", "--label", f"{args.label}, client {i + 1} of {clients}",
-                               "--device", args.device, "--out", str(args.out / f"client-{i + 1}")])
-             for i in range(clients)]
-    codes = [proc.wait() for proc in procs]
-    if any(codes):
-        raise SystemExit(f"load generators exited with {codes}")
 
 
 def stage_soak(args: argparse.Namespace) -> None:
