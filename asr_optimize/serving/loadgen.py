@@ -223,6 +223,9 @@ def _count(stats: dict[str, Any], key: str, field: str) -> int:
     return int(stats.get("inference_stats", {}).get(key, {}).get(field, 0) or 0)
 
 
+COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
+
+
 def _snapshot(raw: dict[str, Any], names: Sequence[str]) -> dict[str, dict[str, int]]:
     """Per model name: success count, queue ns, compute ns, inferences, executions (all versions summed)."""
     out = {n: {"success": 0, "queue_ns": 0, "compute_ns": 0, "inferences": 0, "executions": 0, **{
@@ -240,9 +243,6 @@ def _snapshot(raw: dict[str, Any], names: Sequence[str]) -> dict[str, dict[str, 
         acc["inferences"] += int(entry.get("inference_count", 0) or 0)
         acc["executions"] += int(entry.get("execution_count", 0) or 0)
     return out
-
-
-COMPUTE_PHASES = ("compute_input", "compute_infer", "compute_output")
 
 
 def _phases_ms(before: dict[str, int], after: dict[str, int]) -> list[float | None]:
@@ -389,8 +389,9 @@ class _ProcessLoad:
             except queue.Empty:
                 await asyncio.sleep(0)
 
-    def drain(self, records: list[tuple[float, float, bool]], errors: Counter[str]) -> int:
-        """Move the records that arrived into ``records``; returns how many children said they are done."""
+    def drain(self, record: Any) -> int:
+        """Pass the records that arrived to ``record(end, latency_s, error)``; returns how many children said they
+        are done."""
         done = 0
         while True:
             try:
@@ -398,19 +399,16 @@ class _ProcessLoad:
             except queue.Empty:
                 return done
             if message[0] == "records":
-                for end, latency, error in message[1]:
-                    records.append((end, latency, error is None))
-                    if error is not None:
-                        errors[error] += 1
+                for item in message[1]:
+                    record(*item)
             done += message[0] == "done"
 
-    async def finish(self, records: list[tuple[float, float, bool]], errors: Counter[str],
-                     timeout_s: float = 120.0) -> None:
-        """Stop the children, collect their last records, join them."""
+    async def finish(self, record: Any, timeout_s: float = 120.0) -> None:
+        """Stop the children, pass on their last records, join them."""
         self.stop.set()
         done, deadline = 0, time.monotonic() + timeout_s
         while done < len(self.procs) and time.monotonic() < deadline:
-            done += self.drain(records, errors)
+            done += self.drain(record)
             await asyncio.sleep(0.05)
         self.close()
 
@@ -430,7 +428,6 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
     records: list[tuple[float, float, bool]] = []  # (end time, latency s, ok)
     errors: Counter[str] = Counter()
     stop = asyncio.Event()
-    processes = min(opts.processes, concurrency) if spawn is not None else 1
     pool: _ProcessLoad | None = None
 
     def record(end: float, latency: float, error: str | None) -> None:
@@ -445,9 +442,9 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
             return _snapshot({}, stat_models)
 
     tasks: list[Any] = []
-    if processes > 1 and spawn is not None:
-        pool = _ProcessLoad(spawn[0], target, model, version, spawn[1], spawn[2], concurrency, processes,
-                            opts.request_timeout_s)
+    if spawn is not None and min(opts.processes, concurrency) > 1:
+        pool = _ProcessLoad(spawn[0], target, model, version, spawn[1], spawn[2], concurrency,
+                            min(opts.processes, concurrency), opts.request_timeout_s)
         await pool.start()
     else:
         tasks = [asyncio.create_task(_infer_loop(client, model, version, payloads, i, concurrency,
@@ -455,7 +452,7 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
 
     def pull() -> int:
         if pool is not None:
-            pool.drain(records, errors)
+            pool.drain(record)
         return len(records)
 
     windows: list[dict[str, Any]] = []
@@ -484,7 +481,7 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         if pool is not None:
-            await pool.finish(records, errors)
+            await pool.finish(record)
 
     stable = _stable(windows, opts)
     used = windows[-opts.stable_windows :] if windows else []

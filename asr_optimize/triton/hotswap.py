@@ -180,8 +180,8 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
     return (f"not enough free GPU memory to load the new version beside the serving one: GPU {worst.index} has "
             f"{worst.free_mb:.0f} MiB free of {worst.total_mb:.0f} MiB, the new version needs about {need:.0f} MiB "
             f"({basis} + {opts.gpu_memory_margin_mb:.0f} MiB margin); nothing was changed, the serving version keeps "
-            "serving. Free GPU memory (other processes, retired versions: keep_versions=1) or lower the instance "
-            "count (fused engine: batching.fused_max_batch_s)")
+            "serving. Free GPU memory (other processes; keep_versions above 2 keeps more versions live, each reloaded "
+            "beside the new one) or lower the instance count (fused engine: batching.fused_max_batch_s)")
 
 
 def gpu_used_mb(kind: ModelKind, opts: SwapOptions) -> float | None:

@@ -19,8 +19,8 @@ batches. Utterances longer than the largest bucket are cut into overlapping wind
 copied beside the pipeline) sent as one batch, and their logits stitched. ``BatchingOptions`` holds every knob.
 
 The fused engine (``python_fused``) also runs in the python backend: both python kinds write the same parameter set,
-so an ONNX version and a fused version can be live side by side under one config (a swap between them changes
-versions, not the config, and does not reload the serving version).
+so an ONNX version and a fused version can be live side by side under one config (a swap between them changes only
+the live versions).
 """
 
 from __future__ import annotations
@@ -105,8 +105,9 @@ class BatchingOptions(BaseModel):
     """Fused model: capture the CUDA graphs of every (batch, bucket) shape the pipeline sends at load time, so a hot
     swap pays capture before it serves. None: on for GPU instances, off for CPU ones."""
     fused_profile_every: int = Field(0, ge=0)
-    """Fused model: N > 0 logs the mean time of the backend's execute phases (inputs, engine, responses) every N
-    executes, to tell the stub's own time from Triton's hand-over of tensors (a diagnosis aid; off by default)."""
+    """Fused model: N > 0 logs the mean time of the backend's execute phases (inputs, stack, gpu, fetch, responses;
+    each CUDA-synchronized) every N executes, to tell the stub's own time from Triton's hand-over of tensors (a
+    diagnosis aid; off by default: the synchronization costs time)."""
 
     @field_validator("buckets_s")
     @classmethod
