@@ -2,8 +2,8 @@
 
 Why: wav2vec2 degrades and its attention cost grows quadratically on recordings much longer than its training clips
 (demo model, one pass: WER 13.7% on utterances, 33.6% on a 1-minute recording). ``transcribe`` runs utterances that
-fit one chunk exactly as before (sorted by length, padded batches, per-utterance normalization) and cuts longer ones
-at silences, then into overlapping windows where speech runs on (``asr_optimize.chunking``); the windows of all long
+fit one chunk whole (sorted by length, padded batches, per-utterance normalization) and cuts longer ones at
+silences, then into overlapping windows where speech runs on (``asr_optimize.audio.chunking``); the windows of all long
 utterances go through the runner in batches of ``ChunkingOptions.batch_size``, so memory is bounded by the batch,
 not by the recording. Kept frames are stitched and decoded with the same greedy decoder. ``transcribe_files`` adds
 file loading, the duration limit and a JSON-ready result for the ``asr-optimize transcribe`` command.
@@ -22,15 +22,7 @@ from typing import Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from asr_optimize.audio import (
-    SAMPLE_RATE,
-    audio_file_info,
-    first_nonfinite_offset,
-    format_offset,
-    load_audio_file,
-    make_batch,
-)
-from asr_optimize.chunking import (  # noqa: F401  (SILENCE_PEAK, is_silence: re-exported)
+from asr_optimize.audio.chunking import (  # noqa: F401  (SILENCE_PEAK, is_silence: re-exported)
     SILENCE_PEAK,
     Window,
     is_silence,
@@ -39,7 +31,16 @@ from asr_optimize.chunking import (  # noqa: F401  (SILENCE_PEAK, is_silence: re
     plan_windows,
     run_windows,
 )
-from asr_optimize.ctc import (
+from asr_optimize.audio.load import (
+    SAMPLE_RATE,
+    audio_file_info,
+    first_nonfinite_offset,
+    format_offset,
+    load_audio_file,
+    make_batch,
+)
+from asr_optimize.errors import AudioInputError
+from asr_optimize.model.ctc import (
     CtcVocabulary,
     WordTimestamp,
     conv_geometry,
@@ -47,7 +48,6 @@ from asr_optimize.ctc import (
     greedy_decode,
     word_timestamps,
 )
-from asr_optimize.errors import AudioInputError
 
 T = TypeVar("T")
 R = TypeVar("R")

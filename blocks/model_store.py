@@ -9,8 +9,8 @@ from pydantic import Field, SecretStr
 
 from asr_optimize.errors import StoreError
 from asr_optimize.settings import get_settings
-from asr_optimize.store import ArtifactStore, LocalArtifactStore
-from asr_optimize.store_factory import open_store_uri
+from asr_optimize.store.factory import open_store_uri
+from asr_optimize.store.local import ArtifactStore, LocalArtifactStore
 
 BLOCK_PREFIX = "block:"
 
@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover - exercised only where prefect-aws is ab
     HAVE_PREFECT_AWS = False
 
 if TYPE_CHECKING:
-    from asr_optimize.s3_store import S3ArtifactStore
+    from asr_optimize.store.s3 import S3ArtifactStore
 
 
 class ModelStore(Block):
@@ -54,7 +54,7 @@ class ModelStore(Block):
 
     def get_s3_store(self) -> S3ArtifactStore:
         """The S3 store (kind=s3)."""
-        from asr_optimize.s3_store import S3ArtifactStore
+        from asr_optimize.store.s3 import S3ArtifactStore
 
         if not self.bucket:
             raise StoreError("model store block has kind=s3 but no bucket")

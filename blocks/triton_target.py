@@ -10,8 +10,8 @@ from prefect.blocks.core import Block
 from pydantic import Field
 
 from asr_optimize.errors import StoreError
-from asr_optimize.s3_util import split_s3_uri
 from asr_optimize.settings import get_settings, s3_endpoint_url
+from asr_optimize.store.s3_download import split_s3_uri
 from blocks.model_store import HAVE_PREFECT_AWS
 
 if HAVE_PREFECT_AWS:
@@ -68,7 +68,7 @@ class TritonTarget(Block):
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from asr_optimize.s3_store import s3_error_code
+        from asr_optimize.store.s3 import s3_error_code
 
         if not self.is_s3:
             raise StoreError(f"Triton repository {self.repository} is not an s3:// URI")

@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field
 from asr_optimize import __version__
 from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.parity import parity_audio
 from asr_optimize.paths import DEFAULT_MODEL
+from asr_optimize.quality.parity import parity_audio
 from asr_optimize.settings import get_settings
 from blocks.model_store import open_store
 from blocks.triton_target import TritonTarget

@@ -20,12 +20,12 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from asr_optimize.capabilities import Capabilities, detect
-from asr_optimize.eval_data import load_eval_set
-from asr_optimize.model_source import ResolvedModel, init_random_model, resolve_model
+from asr_optimize.model.source import ResolvedModel, init_random_model, resolve_model
 from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
+from asr_optimize.quality.eval_sets import load_eval_set
 from asr_optimize.runners.registry import RunnerSpec, baseline_label
 from asr_optimize.settings import get_settings
-from asr_optimize.store import ArtifactStore
+from asr_optimize.store.local import ArtifactStore
 from blocks.model_store import open_store
 from tasks.backends import pipeline_runner_specs
 from tasks.benchmark import BenchCase, BenchmarkOptions, run_benchmarks

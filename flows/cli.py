@@ -173,7 +173,7 @@ def bench(
 def production_spec(store_spec: str, model: str, device: str) -> Any:
     """The runner spec of the model's ``production`` artifact, as the promote stage recorded it in the pointer."""
     from asr_optimize.runners.registry import RunnerSpec
-    from asr_optimize.store import production_pointer, slugify_model
+    from asr_optimize.store.local import production_pointer, slugify_model
     from blocks.model_store import open_store
 
     pointer = open_store(store_spec).read_pointer(production_pointer(slugify_model(model)))
@@ -204,7 +204,7 @@ def transcribe(
     stride_s: Annotated[float | None, typer.Option(help="context each side of a window (s)")] = None,
 ) -> None:
     """Transcribe audio files of any length (long ones in overlapping windows) with a model or the served one."""
-    from asr_optimize.model_source import resolve_model
+    from asr_optimize.model.source import resolve_model
     from asr_optimize.runners.base import RunnerUnavailable
     from asr_optimize.runners.registry import RunnerSpec, baseline_spec, build_runner
     from asr_optimize.transcribe import ChunkingOptions, transcribe_files_output
@@ -276,7 +276,7 @@ def serve_bench_command(
     """Serving benchmark: a concurrency sweep against Triton (throughput, p50/p90/p99, queue vs compute, failures)."""
     from datetime import UTC, datetime
 
-    from asr_optimize.serving.loadgen import ServeBenchOptions, demo_audio, serve_bench
+    from asr_optimize.loadtest.loadgen import ServeBenchOptions, demo_audio, serve_bench
     from tasks.deploy_triton import triton_endpoint
 
     try:
@@ -317,7 +317,7 @@ def init_random(
     overrides: Annotated[str, typer.Option(help="JSON dict of config overrides")] = "{}",
 ) -> None:
     """Write a randomly initialised model of the architecture in CONFIG_DIR (for speed measurements only)."""
-    from asr_optimize.model_source import init_random_model
+    from asr_optimize.model.source import init_random_model
 
     init_random_model(config_dir, out_dir, seed=seed, overrides=json.loads(overrides))
     console.print(f"random-weight model written to {out_dir}")

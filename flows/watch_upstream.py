@@ -34,7 +34,7 @@ from pydantic import BaseModel
 
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.settings import get_settings
-from asr_optimize.store import ArtifactStore, production_pointer, slugify_model
+from asr_optimize.store.local import ArtifactStore, production_pointer, slugify_model
 from tasks.common import get_logger
 
 EVENT_NAME = "asr.model.updated"

@@ -7,7 +7,7 @@ Benchmark, evaluate and promote all take this one list, so a new backend is adde
 from __future__ import annotations
 
 from asr_optimize.capabilities import Capabilities
-from asr_optimize.model_source import ResolvedModel
+from asr_optimize.model.source import ResolvedModel
 from asr_optimize.runners.registry import RunnerSpec, baseline_spec
 from tasks.common import StageResult
 from tasks.export import ONNX_NAME

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from rich.progress import Progress
 
-from asr_optimize.audio import make_batch, synthetic_audio
+from asr_optimize.audio.load import make_batch, synthetic_audio
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 from asr_optimize.runners.registry import RunnerSpec, baseline_label, build_runner
 from asr_optimize.transcribe import ChunkingOptions, transcribe

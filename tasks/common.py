@@ -3,8 +3,8 @@
 - **Plain first.** A stage is an ordinary function ``(inputs, options) -> StageResult`` that works without a Prefect
   server (the benchmark suite and the tests call them directly).
 - **Caching lives in the store.** ``run_cached_stage`` keys an artifact by its parameters, the hashes of its inputs,
-  the model revision and the code that builds it (the stage module plus the runtime package), and returns the stored
-  artifact when one is complete. Because the store can be S3, a rerun on another worker reuses it too.
+  the model revision and the code that builds it (the stage module and every first-party module it imports), and
+  returns the stored artifact when one is complete. Because the store can be S3, a rerun on another worker reuses it.
 - **One factory makes the Prefect task.** ``stage_task(fn, name=..., tags=..., retries=...)`` wraps a stage function
   with retries on transient faults only and tags (``gpu`` for GPU stages, added per run by ``on_device``); no wrapper
   repeats a signature.
@@ -12,11 +12,10 @@
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
-import inspect
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,8 +26,8 @@ from pydantic import BaseModel, Field
 import asr_optimize
 from asr_optimize.errors import TransientError
 from asr_optimize.hashing import stable_hash
-from asr_optimize.model_source import ResolvedModel
-from asr_optimize.store import ArtifactRef, ArtifactStore, Manifest, runtime_environment
+from asr_optimize.model.source import ResolvedModel
+from asr_optimize.store.local import ArtifactRef, ArtifactStore, Manifest, runtime_environment
 
 Status = Literal["ok", "cached", "skipped", "failed"]
 T = TypeVar("T")
@@ -93,23 +92,75 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-@functools.lru_cache(maxsize=1)
-def runtime_source_hash() -> str:
-    """Hash of the runtime package's Python source (bundled assets excluded): a runner or parity edit invalidates."""
-    root = Path(asr_optimize.__file__).resolve().parent
+FIRST_PARTY = ("asr_optimize", "tasks")
+"""Packages whose source can change what a stage builds; third-party code is pinned by the manifest's environment."""
+
+
+def _module_file(name: str, roots: tuple[Path, ...]) -> Path | None:
+    """The source file of first-party module ``name`` under ``roots`` (a package's ``__init__.py``), or None."""
+    parts = name.split(".")
+    for root in roots:
+        base = root.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _imported_names(path: Path, module: str) -> set[str]:
+    """Every module name ``path`` imports (top level or inside functions), ``from X import Y`` giving X and X.Y."""
+    names: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import: resolve against this module's package
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def source_closure(module: str, roots: tuple[Path, ...] | None = None,
+                   first_party: tuple[str, ...] = FIRST_PARTY) -> dict[str, Path]:
+    """``module`` and every first-party module it imports, directly or through others (found by reading the source,
+    so lazy imports inside functions count), with the parent packages' ``__init__`` files."""
+    roots = roots or (Path(asr_optimize.__file__).resolve().parents[1],)
+    found: dict[str, Path] = {}
+    pending = [module]
+    while pending:
+        name = pending.pop()
+        if name in found or name.split(".")[0] not in first_party:
+            continue
+        path = _module_file(name, roots)
+        if path is None:
+            continue  # ``from pkg import function``: the name is not a module
+        found[name] = path
+        parents = [".".join(name.split(".")[:i]) for i in range(1, len(name.split(".")))]
+        pending.extend([*parents, *_imported_names(path, name)])
+    return found
+
+
+@functools.lru_cache(maxsize=64)
+def module_code_hash(module: str) -> str:
+    """Hash of the source of ``module`` and its first-party import closure: the code its artifacts depend on.
+
+    A docstring edit in a module the stage never imports leaves the key alone; an edit to anything it imports
+    (runners, the engine, parity) moves it, so a stored artifact is never reused across a code change that matters.
+    """
     digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if "assets" not in path.relative_to(root).parts:
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
+    for name, path in sorted(source_closure(module).items()):
+        digest.update(name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 
 def code_hash(func: Callable[..., Any]) -> str:
-    """What a stage's artifact depends on in code: its own module's source plus the whole runtime package."""
-    module = sys.modules[func.__module__]
-    own = hashlib.sha256(inspect.getsource(module).encode()).hexdigest()[:16]
-    return f"{own}-{runtime_source_hash()}"
+    """What a stage's artifact depends on in code: its own module and every first-party module that imports."""
+    return module_code_hash(func.__module__)
 
 
 def run_cached_stage(

@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from asr_optimize.capabilities import Capabilities
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.model_source import ResolvedModel
+from asr_optimize.model.source import ResolvedModel
 from asr_optimize.settings import get_settings
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.health import health_check as run_health_check

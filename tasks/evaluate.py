@@ -17,9 +17,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from asr_optimize.eval_data import EvalSet, EvalSource, load_eval_set
-from asr_optimize.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
-from asr_optimize.metrics import max_abs_logit_diff, transcript_parity, utterance_table, wer_cer
+from asr_optimize.quality.eval_sets import EvalSet, EvalSource, load_eval_set
+from asr_optimize.quality.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
+from asr_optimize.quality.metrics import max_abs_logit_diff, transcript_parity, utterance_table, wer_cer
 from asr_optimize.runners.base import RunnerUnavailable
 from asr_optimize.runners.registry import RunnerSpec, build_runner
 from asr_optimize.transcribe import ChunkingOptions, transcribe

@@ -19,13 +19,13 @@ from pydantic import BaseModel
 
 from asr_optimize.errors import ParityError
 from asr_optimize.hashing import hash_waves
-from asr_optimize.io_spec import ONNX_EXTERNAL_DATA_NAME, ONNX_NAME, PROTOBUF_LIMIT, WAV2VEC2_CTC, ModelIOSpec
-from asr_optimize.model_source import ResolvedModel, load_model
-from asr_optimize.parity import check_parity
+from asr_optimize.model.io_spec import ONNX_EXTERNAL_DATA_NAME, ONNX_NAME, PROTOBUF_LIMIT, WAV2VEC2_CTC, ModelIOSpec
+from asr_optimize.model.source import ResolvedModel, load_model
+from asr_optimize.quality.parity import check_parity
 from asr_optimize.runners.ort_runner import OrtRunner
 from asr_optimize.runners.torch_fast import fold_weight_norm
 from asr_optimize.runners.torch_runner import TorchRunner
-from asr_optimize.store import ArtifactStore
+from asr_optimize.store.local import ArtifactStore
 from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 
 __all__ = ["ONNX_NAME", "ExportOptions", "export_onnx", "export_stage", "export_task"]

@@ -16,9 +16,9 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from asr_optimize.hashing import hash_waves
-from asr_optimize.model_source import ResolvedModel
+from asr_optimize.model.source import ResolvedModel
 from asr_optimize.runners.registry import RunnerSpec
-from asr_optimize.store import ArtifactStore
+from asr_optimize.store.local import ArtifactStore
 from tasks.common import StageResult, get_logger, run_cached_stage, skipped, stage_task
 
 STAGE = "fused-engine"

@@ -14,13 +14,13 @@ import onnx
 from pydantic import BaseModel
 
 from asr_optimize.hashing import hash_waves
-from asr_optimize.io_spec import ONNX_NAME, WAV2VEC2_CTC
-from asr_optimize.model_source import ResolvedModel, read_config
-from asr_optimize.onnx_files import op_counts, save_onnx, size_mb
-from asr_optimize.parity import check_parity
+from asr_optimize.model.io_spec import ONNX_NAME, WAV2VEC2_CTC
+from asr_optimize.model.onnx_files import op_counts, save_onnx, size_mb
+from asr_optimize.model.source import ResolvedModel, read_config
+from asr_optimize.quality.parity import check_parity
 from asr_optimize.runners.ort_runner import OrtRunner
 from asr_optimize.runners.torch_runner import TorchRunner
-from asr_optimize.store import ArtifactStore
+from asr_optimize.store.local import ArtifactStore
 from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 
 SIMPLIFIED_NAME = "model.sim.onnx"

@@ -8,9 +8,9 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from asr_optimize.audio import make_batch, synthetic_audio
-from asr_optimize.model_source import ResolvedModel, load_model
-from asr_optimize.store import ArtifactStore
+from asr_optimize.audio.load import make_batch, synthetic_audio
+from asr_optimize.model.source import ResolvedModel, load_model
+from asr_optimize.store.local import ArtifactStore
 from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 
 

@@ -1,7 +1,7 @@
 """Stage 7, promote: pick the fastest artifact that passed the accuracy gate; move ``production`` after deployment.
 
 An artifact is promoted only if it passed the gate AND beats the latency recorded for the current production
-artifact on the same device and batch shape by the gate's ``min_latency_gain`` (``asr_optimize.gate``, the one
+artifact on the same device and batch shape by the gate's ``min_latency_gain`` (``asr_optimize.quality.gate``, the one
 latency rule). Otherwise the pointer stays, and the report says why. The pointer records the artifact by its
 store identity (``<stage>:<key>/<file>``), never by a worker-local path, so "already in production" holds across
 workers.
@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from asr_optimize.gate import GateThresholds, latency_bound
+from asr_optimize.quality.gate import GateThresholds, latency_bound
 from asr_optimize.runners.registry import RunnerSpec
-from asr_optimize.store import ArtifactStore, production_pointer, slugify_model
+from asr_optimize.store.local import ArtifactStore, production_pointer, slugify_model
 from tasks.benchmark import BenchmarkTable
 from tasks.common import StageResult, get_logger, stage_task
 from tasks.evaluate import EvaluationResult

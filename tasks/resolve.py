@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from asr_optimize.model_source import ResolvedModel, resolve_model
+from asr_optimize.model.source import ResolvedModel, resolve_model
 from tasks.common import get_logger, retry_on_transient
 
 

@@ -37,11 +37,11 @@ from asr_optimize.capabilities import Capabilities
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.fileio import slugify
 from asr_optimize.hashing import sha256_file
-from asr_optimize.io_spec import ONNX_NAME, SAMPLE_RATE
-from asr_optimize.model_source import ResolvedModel
-from asr_optimize.onnx_files import save_onnx
+from asr_optimize.model.io_spec import ONNX_NAME, SAMPLE_RATE
+from asr_optimize.model.onnx_files import save_onnx
+from asr_optimize.model.source import ResolvedModel
 from asr_optimize.runners.registry import RunnerSpec
-from asr_optimize.store import ArtifactRef, ArtifactStore, Manifest
+from asr_optimize.store.local import ArtifactRef, ArtifactStore, Manifest
 from tasks.common import StageResult, get_logger, run_cached_stage, skipped, stage_task
 
 PLAN_NAME = "engine.plan"

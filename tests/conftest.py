@@ -33,7 +33,7 @@ def defaults_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random model with the IndicWav2Vec config conventions and vocabulary (never committed)."""
-    from asr_optimize.model_source import init_random_model
+    from asr_optimize.model.source import init_random_model
 
     out = tmp_path_factory.mktemp("tiny-model")
     return init_random_model(VOCAB_DIR, out, seed=0, overrides=TINY_OVERRIDES)
@@ -41,6 +41,6 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def waves() -> list[np.ndarray]:
-    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.audio.load import synthetic_audio
 
     return synthetic_audio(2, 1.0, seed=1) + synthetic_audio(1, 1.7, seed=2)

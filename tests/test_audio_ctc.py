@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_optimize.audio import load_audio, make_batch
-from asr_optimize.ctc import CtcVocabulary, frame_lengths_for, greedy_decode
+from asr_optimize.audio.load import load_audio, make_batch
 from asr_optimize.errors import AudioInputError
-from asr_optimize.model_source import load_model, load_processor
+from asr_optimize.model.ctc import CtcVocabulary, frame_lengths_for, greedy_decode
+from asr_optimize.model.source import load_model, load_processor
 
 
 def test_batch_matches_hf_feature_extractor(tiny_model: Path, waves: list[np.ndarray]) -> None:

@@ -13,7 +13,7 @@ from tasks.export import ExportOptions, export_onnx
 
 
 def test_benchmark_rows_and_baseline_ratios(tiny_model: Path, tmp_path: Path) -> None:
-    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.audio.load import synthetic_audio
 
     export_onnx(tiny_model, tmp_path, ExportOptions(), synthetic_audio(2, 1.0))
     specs = [

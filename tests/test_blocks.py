@@ -12,8 +12,8 @@ from prefect.testing.utilities import prefect_test_harness
 from prefect_aws import AwsCredentials
 from prefect_aws.client_parameters import AwsClientParameters
 
-from asr_optimize.s3_store import S3ArtifactStore
-from asr_optimize.store import ArtifactRef, LocalArtifactStore, Manifest
+from asr_optimize.store.local import ArtifactRef, LocalArtifactStore, Manifest
+from asr_optimize.store.s3 import S3ArtifactStore
 from blocks import ModelStore, TritonTarget
 from blocks.model_store import open_store
 from deploy.register_blocks import main as register_blocks

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr_optimize import chunking
-from asr_optimize.chunking import Window, num_frames, plan_windows, stitch
-from asr_optimize.ctc import conv_geometry_from, conv_output_length
+from asr_optimize.audio import chunking
+from asr_optimize.audio.chunking import Window, num_frames, plan_windows, stitch
+from asr_optimize.model.ctc import conv_geometry_from, conv_output_length
 
 KERNELS = [10, 3, 3, 3, 3, 2, 2]
 STRIDES = [5, 2, 2, 2, 2, 2, 2]

@@ -94,7 +94,7 @@ def test_transcribe_prints_text_and_json_with_word_times() -> None:
 def test_transcribe_production_runs_what_the_pointer_records(tmp_path: Path) -> None:
     from asr_optimize.paths import DEFAULT_MODEL
     from asr_optimize.runners.registry import RunnerSpec
-    from asr_optimize.store import LocalArtifactStore, production_pointer, slugify_model
+    from asr_optimize.store.local import LocalArtifactStore, production_pointer, slugify_model
 
     store = LocalArtifactStore(tmp_path / "store")
     missing = runner.invoke(app, ["transcribe", str(DEMO_AUDIO[0]), "--production", "--store", str(store.root)])

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from asr_optimize.demo.evaluate import DEMO_MODEL_DIR, DEMO_TESTSET_MANIFEST, evaluate, load_audio, read_manifest
-from asr_optimize.demo.vocab import ALLOWED_CHARS, HINDI_VOCAB
+from tools.demo_model.evaluate import DEMO_MODEL_DIR, DEMO_TESTSET_MANIFEST, evaluate, load_audio, read_manifest
+from tools.demo_model.vocab import ALLOWED_CHARS, HINDI_VOCAB
 
 TESTSET_DIR = DEMO_TESTSET_MANIFEST.parent
 
@@ -38,7 +38,7 @@ def test_test_texts_never_in_training() -> None:
 
 def test_texts_are_reproducible() -> None:
     pytest.importorskip("wordfreq")
-    from asr_optimize.demo.texts import generate_texts
+    from tools.demo_model.texts import generate_texts
 
     rows = read_manifest(DEMO_TESTSET_MANIFEST)
     regenerated = generate_texts(10_000, 200, len(rows), seed=0)
@@ -68,7 +68,7 @@ def test_model_transcribes_offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_espeak_synthesis_is_16k_mono() -> None:
     if not shutil.which("espeak-ng"):
         pytest.skip("espeak-ng not installed")
-    from asr_optimize.demo.make_data import speak
+    from tools.demo_model.make_data import speak
 
     audio = speak("espeak-ng", "नमस्ते दुनिया", "m1", 160, 50)
     assert audio.dtype.name == "float32" and audio.ndim == 1 and 0.5 < len(audio) / 16_000 < 3

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_optimize.eval_data import (
+from asr_optimize.quality.eval_sets import (
     DEMO_MANIFEST,
     EvalDataError,
     EvalSource,
@@ -131,7 +131,7 @@ def dirty_manifest(tmp_path: Path, audio_dir: Path) -> Path:
 def test_bad_rows_are_counted_reported_and_skipped(
     dirty_manifest: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="asr_optimize.eval_data"):
+    with caplog.at_level(logging.WARNING, logger="asr_optimize.quality.eval_sets"):
         es = load_eval_set(EvalSource(kind="manifest", path=dirty_manifest, max_bad_fraction=0.75))
     assert len(es) == 4 and es.n_rows == 13 and len(es.bad_rows) == 9
     assert es.bad_fraction == pytest.approx(9 / 13)

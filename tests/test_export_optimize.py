@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 import pytest
 
-from asr_optimize.parity import check_parity
+from asr_optimize.quality.parity import check_parity
 from asr_optimize.runners.ort_runner import OrtRunner
 from asr_optimize.runners.torch_runner import TorchRunner
 from asr_optimize.transcribe import transcribe
@@ -18,7 +18,7 @@ from tasks.optimize import FP16_NAME, FP32_NAME, OptimizeOptions, optimize_onnx
 
 @pytest.fixture(scope="module")
 def exported(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.audio.load import synthetic_audio
 
     out = tmp_path_factory.mktemp("export")
     export_onnx(tiny_model, out, ExportOptions(), synthetic_audio(2, 1.0))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from asr_optimize.ctc import conv_output_length
-from asr_optimize.model_source import init_random_model, load_model
+from asr_optimize.model.ctc import conv_output_length
+from asr_optimize.model.source import init_random_model, load_model
 from asr_optimize.paths import DEFAULT_MODEL
 from asr_optimize.runners.base import RunnerUnavailable
 from asr_optimize.runners.fused_engine import FusedEngineOptions, FusedRunner, build_fused_engine
@@ -110,7 +110,7 @@ def test_blocks_stack_like_one_batch(demo_engine: Path) -> None:
 
 
 def test_demo_transcripts_identical(demo_engine: Path) -> None:
-    from asr_optimize.eval_data import load_eval_set
+    from asr_optimize.quality.eval_sets import load_eval_set
 
     waves = [u.audio for u in load_eval_set()][:12]
     ref, _ = transcribe(build_runner(RunnerSpec(kind="pytorch", path=DEFAULT_MODEL)), waves, DEFAULT_MODEL)
@@ -164,8 +164,8 @@ def test_engine_folder_round_trip(demo_engine: Path, tmp_path: Path) -> None:
 
 
 def test_fp8_engine_scales_and_cpu_refusal(tmp_path: Path) -> None:
-    from asr_optimize.eval_data import load_eval_set
-    from asr_optimize.fused.engine import FusedModel, load_engine
+    from asr_optimize.engine.fused import FusedModel, load_engine
+    from asr_optimize.quality.eval_sets import load_eval_set
 
     waves = [u.audio for u in load_eval_set()][:8]
     engine = tmp_path / "fp8"
@@ -201,8 +201,8 @@ def test_fp8_engine_scales_and_cpu_refusal(tmp_path: Path) -> None:
 def test_fp16_needs_cuda_and_bad_model(demo_engine: Path, tmp_path: Path) -> None:
     with pytest.raises(RunnerUnavailable, match="only on CUDA"):
         FusedRunner(demo_engine, device="cpu", precision="fp16")
+    from asr_optimize.engine.fused import architecture_from_config
     from asr_optimize.errors import UnsupportedModelError
-    from asr_optimize.fused.engine import architecture_from_config
 
     with pytest.raises(UnsupportedModelError, match="hidden_act"):
         architecture_from_config({"model_type": "wav2vec2", "architectures": ["Wav2Vec2ForCTC"], "vocab_size": 5,
@@ -213,7 +213,7 @@ def test_fp16_needs_cuda_and_bad_model(demo_engine: Path, tmp_path: Path) -> Non
 
 def test_strided_layout_rows() -> None:
     """Every layer's rows are a multiple of the next; valid outputs never read another utterance's frames."""
-    from asr_optimize.fused.engine import conv_frames, layer_rows
+    from asr_optimize.engine.fused import conv_frames, layer_rows
 
     for samples in (400, 401, 16_000, 16_005, 160_000, 123_457):
         frames = conv_frames(samples, KERNELS, STRIDES)
@@ -243,7 +243,7 @@ def test_cuda_fp16_and_fp8_close_to_fp32(demo_engine: Path, demo_hf: torch.nn.Mo
     from asr_optimize.runners.fused_engine import fp8_support
 
     if fp8_support("cuda")[0]:
-        from asr_optimize.audio import synthetic_audio
+        from asr_optimize.audio.load import synthetic_audio
 
         engine = tmp_path / "fp8"
         build_fused_engine(DEFAULT_MODEL, engine, FusedEngineOptions(precision="fp8"),

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asr_optimize.audio import synthetic_audio
-from asr_optimize.model_source import resolve_model
+from asr_optimize.audio.load import synthetic_audio
+from asr_optimize.model.source import resolve_model
 from asr_optimize.runners.registry import build_runner
-from asr_optimize.store import LocalArtifactStore
+from asr_optimize.store.local import LocalArtifactStore
 from asr_optimize.transcribe import transcribe
 from tasks.fused_build import FusedBuildOptions, build_fused_engines, fused_runner_specs
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr_optimize.eval_data import EvalSource, load_eval_set
-from asr_optimize.longform import GAP_S, build_recording
+from asr_optimize.quality.eval_sets import EvalSource, load_eval_set
+from asr_optimize.quality.longform import GAP_S, build_recording
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "asr_optimize" / "assets" / "demo-model"
 
@@ -48,9 +48,9 @@ def test_one_minute_chunked_wer_is_near_the_per_utterance_wer(base) -> None:
     """Measured (demo model, CPU fp32, default chunking, runs starting on their onset sample): 16.08% vs 17.48% per
     utterance on the same audio, 17 of 25 utterances transcribed exactly as alone; one pass 39.2%, fixed 20 s / 2 s
     windows 35.0%."""
-    from asr_optimize.ctc import CtcVocabulary
-    from asr_optimize.longform import utterance_hypotheses
-    from asr_optimize.metrics import wer_cer
+    from asr_optimize.model.ctc import CtcVocabulary
+    from asr_optimize.quality.longform import utterance_hypotheses
+    from asr_optimize.quality.metrics import wer_cer
     from asr_optimize.runners.torch_runner import TorchRunner
     from asr_optimize.transcribe import ChunkingOptions, transcribe
 

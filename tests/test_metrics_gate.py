@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from asr_optimize.gate import BackendScore, GateThresholds, evaluate_gate
-from asr_optimize.metrics import (
+from asr_optimize.quality.gate import BackendScore, GateThresholds, evaluate_gate
+from asr_optimize.quality.metrics import (
     LogitDiffTracker,
     max_abs_logit_diff,
     transcript_parity,

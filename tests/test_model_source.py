@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from asr_optimize.errors import ModelResolutionError, TransientError, UnsupportedModelError
-from asr_optimize.model_source import load_model, resolve_model
+from asr_optimize.model.source import load_model, resolve_model
 
 
 def test_local_folder_is_pinned_by_content(tiny_model: Path) -> None:

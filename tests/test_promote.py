@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from asr_optimize.gate import BackendScore, evaluate_gate
+from asr_optimize.quality.gate import BackendScore, evaluate_gate
 from asr_optimize.runners.registry import RunnerSpec
-from asr_optimize.store import LocalArtifactStore
+from asr_optimize.store.local import LocalArtifactStore
 from tasks.benchmark import BenchmarkTable
 from tasks.evaluate import BackendEvaluation, EvaluationResult
 from tasks.promote import choose_candidate

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_optimize.eval_data import EvalSource, load_eval_set, read_audio
+from asr_optimize.quality.eval_sets import EvalSource, load_eval_set, read_audio
 
 
 @pytest.fixture

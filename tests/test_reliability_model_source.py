@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from asr_optimize.errors import ModelResolutionError
-from asr_optimize.model_source import load_model, read_config, resolve_model
+from asr_optimize.model.source import load_model, read_config, resolve_model
 from asr_optimize.settings import get_settings
 from tests.s3_server import MotoServer, moto_s3_fixture
 

@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-import asr_optimize.s3_store as s3_store_module
-import asr_optimize.store as store_module
+import asr_optimize.store.local as store_module
+import asr_optimize.store.s3 as s3_store_module
 from asr_optimize.errors import StoreError, UnsafePathError
 from asr_optimize.fileio import atomic_write_text, safe_join
 from asr_optimize.hashing import sha256_file
-from asr_optimize.s3_store import S3ArtifactStore
-from asr_optimize.store import ArtifactRef, LocalArtifactStore, Manifest, StoredArtifact, slugify_model
+from asr_optimize.store.local import ArtifactRef, LocalArtifactStore, Manifest, StoredArtifact, slugify_model
+from asr_optimize.store.s3 import S3ArtifactStore
 from tests.s3_server import MotoServer, moto_s3_fixture
 
 moto_s3 = pytest.fixture(scope="session")(moto_s3_fixture)
@@ -142,7 +142,7 @@ def test_same_size_corruption_is_detected_and_rebuilt(tmp_path: Path, caplog: py
         handle.seek(SIZE // 2)
         handle.write(b"XXXX")
     assert onnx.stat().st_size == SIZE
-    with caplog.at_level(logging.WARNING, logger="asr_optimize.store"):
+    with caplog.at_level(logging.WARNING, logger="asr_optimize.store.local"):
         assert store.get(REF) is None
     assert "damaged (model.onnx does not match its manifest sha256)" in caplog.text
     rebuilt = store.put(fill(tmp_path / "stage2", b"A"), manifest())
@@ -158,7 +158,7 @@ def test_truncated_local_manifest_reads_as_absent(tmp_path: Path, caplog: pytest
     stored = store.put(fill(tmp_path / "stage", b"A"), manifest())
     path = stored.local_dir / "manifest.json"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    with caplog.at_level(logging.WARNING, logger="asr_optimize.store"):
+    with caplog.at_level(logging.WARNING, logger="asr_optimize.store.local"):
         assert store.get(REF) is None  # no exception
     assert "manifest" in caplog.text and "unreadable" in caplog.text and str(path) in caplog.text
     assert store.put(fill(tmp_path / "stage2", b"A"), manifest()).reused is False
@@ -226,7 +226,7 @@ def test_disk_full_during_publish_is_a_clear_error_and_publishes_nothing(tmp_pat
         import json, sys
         from pathlib import Path
         from asr_optimize.errors import NoSpaceError
-        from asr_optimize.store import ArtifactRef, LocalArtifactStore, Manifest
+        from asr_optimize.store.local import ArtifactRef, LocalArtifactStore, Manifest
         ref = ArtifactRef(model_slug="demo", revision="sha256:abc", stage="export", key="k1")
         store = LocalArtifactStore(Path({str(mnt / "store")!r}))
         out = {{}}

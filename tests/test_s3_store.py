@@ -13,9 +13,9 @@ from typing import IO, Any
 import pytest
 
 from asr_optimize.errors import StoreError, TransientError
-from asr_optimize.model_source import ResolvedModel
-from asr_optimize.s3_store import MiB, S3ArtifactStore, S3UnavailableError
-from asr_optimize.store import ArtifactRef, LocalArtifactStore, Manifest
+from asr_optimize.model.source import ResolvedModel
+from asr_optimize.store.local import ArtifactRef, LocalArtifactStore, Manifest
+from asr_optimize.store.s3 import MiB, S3ArtifactStore, S3UnavailableError
 from blocks.model_store import open_store
 from tests.s3_server import MotoServer, free_port, moto_s3_fixture
 
@@ -206,7 +206,7 @@ def test_damaged_artifact_is_reported_and_rebuilt(moto_s3: MotoServer, bucket: s
     key = f"team/asr/artifacts/{stored.manifest.ref.path}/data/{stored.manifest.upload_id}/config.json"
     moto_s3.client().put_object(Bucket=bucket, Key=key, Body=b"tampered")  # same object, different bytes
     other = make_store(moto_s3, bucket, tmp_path / "other")
-    with caplog.at_level(logging.WARNING, logger="asr_optimize.s3_store"):
+    with caplog.at_level(logging.WARNING, logger="asr_optimize.store.s3"):
         assert other.get(stored.manifest.ref) is None  # damaged: never reused
     assert "damaged (config.json does not match its manifest sha256)" in caplog.text
     rebuilt = other.put(staged(tmp_path / "stage2"), manifest_for("dmg"))  # replaces the damaged manifest (If-Match)

@@ -49,7 +49,7 @@ def _add_pipeline(server, name: str, batching: repo_mod.BatchingOptions, chunkin
 
 def test_serve_bench_sweep(deployed, tmp_path: Path) -> None:
     """Concurrency 1 and 4 through the pipeline and the acoustic model alone: 0 failures, real numbers."""
-    from asr_optimize.serving.loadgen import ServeBenchOptions, serve_bench
+    from asr_optimize.loadtest.loadgen import ServeBenchOptions, serve_bench
 
     server, _, canary = deployed
     opts = ServeBenchOptions(concurrency=[1, 4], window_s=0.4, max_windows=4, stable_windows=2,
@@ -80,7 +80,7 @@ def test_serve_bench_sweep(deployed, tmp_path: Path) -> None:
 def test_serve_bench_in_two_processes(deployed) -> None:
     """Two load-generator processes share a level: their records join one timeline, nothing fails, and the acoustic
     compute split (Triton's input / infer / output) adds up to the compute time."""
-    from asr_optimize.serving.loadgen import ServeBenchOptions, serve_bench
+    from asr_optimize.loadtest.loadgen import ServeBenchOptions, serve_bench
 
     server, _, canary = deployed
     opts = ServeBenchOptions(concurrency=[4], targets=["acoustic"], window_s=0.4, max_windows=4, stable_windows=2,
@@ -94,7 +94,7 @@ def test_serve_bench_in_two_processes(deployed) -> None:
 
 
 def test_serve_bench_triton_down() -> None:
-    from asr_optimize.serving.loadgen import ServeBenchOptions, serve_bench
+    from asr_optimize.loadtest.loadgen import ServeBenchOptions, serve_bench
     from asr_optimize.triton.server import free_port
 
     with pytest.raises(Exception, match=r"(?i)unavailable|connect|not live"):
@@ -168,9 +168,9 @@ def test_repository_options_render(tmp_path: Path) -> None:
 def test_ten_minute_request_through_the_served_pipeline_matches_local(deployed) -> None:
     """#14's serving goal: a 10-minute recording sent as one request to the default ``asr`` pipeline returns the text
     the local path (``asr_optimize.transcribe`` with default chunking) gives, and a sensible WER against its script."""
-    from asr_optimize.eval_data import load_eval_set
-    from asr_optimize.longform_data import build_recording
-    from asr_optimize.metrics import wer_cer
+    from asr_optimize.audio.longform_data import build_recording
+    from asr_optimize.quality.eval_sets import load_eval_set
+    from asr_optimize.quality.metrics import wer_cer
     from asr_optimize.runners.ort_runner import OrtRunner
     from asr_optimize.transcribe import transcribe
 

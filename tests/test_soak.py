@@ -16,7 +16,7 @@ MODEL, PIPELINE = repo_mod.DEFAULT_MODEL_NAME, repo_mod.DEFAULT_PIPELINE_NAME
 
 def test_short_soak(tmp_path: Path) -> None:
     """3 swaps A -> B -> A under 2 concurrent gRPC clients: every request answered, answers never change."""
-    from asr_optimize.serving.soak import CPU_NOTE, SoakOptions, soak
+    from asr_optimize.loadtest.soak import CPU_NOTE, SoakOptions, soak
     from asr_optimize.triton.hotswap import SwapOptions, hot_swap
     from asr_optimize.triton.server import TritonServer
 
@@ -49,7 +49,7 @@ def test_short_soak(tmp_path: Path) -> None:
 
 def test_memory_growth_counts_from_the_steady_live_set() -> None:
     """One version serves before the first swap, two after it (keep_versions=2): that step is not growth."""
-    from asr_optimize.serving.soak import SwapRecord, memory_growth
+    from asr_optimize.loadtest.soak import SwapRecord, memory_growth
 
     def swap(index: int, live: list[int], used: list[float] | None) -> SwapRecord:
         return SwapRecord(index=index, artifact="a", action="promoted", serving_version=live[-1], seconds=1.0,

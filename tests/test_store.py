@@ -10,7 +10,7 @@ import pytest
 
 from asr_optimize.errors import StoreError
 from asr_optimize.hashing import sha256_file
-from asr_optimize.store import ArtifactRef, LocalArtifactStore, Manifest
+from asr_optimize.store.local import ArtifactRef, LocalArtifactStore, Manifest
 
 REF = ArtifactRef(model_slug="demo", revision="sha256:abc123", stage="export", key="k1")
 

@@ -19,10 +19,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from asr_optimize.capabilities import Capabilities
-from asr_optimize.model_source import ResolvedModel
+from asr_optimize.model.source import ResolvedModel
 from asr_optimize.runners.base import RunnerUnavailable
 from asr_optimize.runners.tensorrt_runner import select_profile
-from asr_optimize.store import LocalArtifactStore
+from asr_optimize.store.local import LocalArtifactStore
 from tasks import tensorrt_build as tb
 from tasks.common import StageResult
 from tasks.tensorrt_build import EngineOptions, ProfileBucket
@@ -272,7 +272,7 @@ def test_runner_reports_why_it_cannot_run(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def exported(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.audio.load import synthetic_audio
     from tasks.export import ExportOptions, export_onnx
 
     out = tmp_path_factory.mktemp("trt-export")
@@ -282,7 +282,7 @@ def exported(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 def test_strongly_typed_fp16_and_mixed_graphs_keep_sensitive_nodes_in_fp32(exported: Path, tmp_path: Path,
                                                                             waves: list[np.ndarray]) -> None:
-    from asr_optimize.audio import make_batch
+    from asr_optimize.audio.load import make_batch
     from asr_optimize.runners.ort_runner import OrtRunner
 
     kept = tb.write_reduced_precision_onnx(exported, tmp_path / "mixed.onnx", mixed=True)
@@ -323,7 +323,7 @@ def engines(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
 @pytest.mark.parametrize(("precision", "atol"), [("fp32", 1e-2), ("fp16", 0.5), ("mixed", 0.5)])
 def test_engine_logits_match_onnx_runtime(engines: dict[str, Path], exported: Path, waves: list[np.ndarray],
                                           precision: str, atol: float) -> None:
-    from asr_optimize.audio import make_batch
+    from asr_optimize.audio.load import make_batch
     from asr_optimize.runners.ort_runner import OrtRunner
     from asr_optimize.runners.tensorrt_runner import TensorRTRunner
 

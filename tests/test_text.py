@@ -8,7 +8,7 @@ import string
 import pytest
 from indicnlp.normalize.indic_normalize import IndicNormalizerFactory
 
-from asr_optimize.text import (
+from asr_optimize.quality.normalize import (
     RAW,
     VISTAAR,
     VISTAAR_EXACT,

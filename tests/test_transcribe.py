@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from asr_optimize.audio import load_audio_file, make_batch
-from asr_optimize.chunking import num_frames, speech_regions
-from asr_optimize.ctc import CtcVocabulary, frame_lengths_for, greedy_decode, word_timestamps
+from asr_optimize.audio.chunking import num_frames, speech_regions
+from asr_optimize.audio.load import load_audio_file, make_batch
 from asr_optimize.errors import AudioInputError
+from asr_optimize.model.ctc import CtcVocabulary, frame_lengths_for, greedy_decode, word_timestamps
 from asr_optimize.runners.base import Runner
 from asr_optimize.transcribe import (
     ChunkingOptions,
@@ -62,7 +62,7 @@ def demo_runner() -> Runner:
 
 @pytest.fixture(scope="module")
 def demo_waves() -> tuple[list[np.ndarray], list[str]]:
-    from asr_optimize.eval_data import load_eval_set
+    from asr_optimize.quality.eval_sets import load_eval_set
 
     utts = load_eval_set().utterances[:6]
     return [u.audio for u in utts], [u.text for u in utts]
@@ -85,7 +85,7 @@ def test_short_utterances_match_the_old_padded_batches(tiny_model: Path, waves: 
 
 
 def test_audio_that_fits_one_chunk_equals_one_pass(tiny_model: Path) -> None:
-    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.audio.load import synthetic_audio
     from asr_optimize.runners.torch_runner import TorchRunner
 
     runner = TorchRunner(tiny_model)

@@ -169,7 +169,7 @@ def test_gpu_memory_check_sizes_the_whole_folder(engine: Path, monkeypatch: pyte
 def test_warmup_shapes_cover_the_pipelines_windows() -> None:
     """The backend's bucket list (loaded with a bare stand-in for Triton's utils, only to import it) holds every
     long-form window width ``chunking`` plans, and batch sizes up to the power of two above max_batch_size."""
-    from asr_optimize import chunking
+    from asr_optimize.audio import chunking
 
     sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
     try:
@@ -205,7 +205,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
 
 def _waves() -> tuple[list[str], list[np.ndarray]]:
     """Eight demo utterances of different lengths, and one 6 s recording joined from two (long-form windows)."""
-    from asr_optimize.eval_data import EvalSource, load_eval_set
+    from asr_optimize.quality.eval_sets import EvalSource, load_eval_set
 
     utts = sorted(load_eval_set(EvalSource(max_samples=40)).utterances, key=lambda u: len(u.audio))
     picked = utts[::5][:8]
@@ -275,7 +275,7 @@ def _acoustic_matches_in_process(url: str, engine: Path, waves: list[np.ndarray]
     """The acoustic model alone: a padded batch and an unpadded request give the runner's logits."""
     import tritonclient.http as httpclient
 
-    from asr_optimize.audio import make_batch
+    from asr_optimize.audio.load import make_batch
     from asr_optimize.runners.fused_engine import FusedRunner
     from asr_optimize.triton.hotswap import http_client
 

@@ -26,7 +26,7 @@ def good_model(tiny_model: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def onnx_files(good_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from asr_optimize.model_source import init_random_model
+    from asr_optimize.model.source import init_random_model
 
     base = tmp_path_factory.mktemp("triton-onnx")
     good = export(good_model, base / "good")
@@ -46,7 +46,7 @@ def onnx_files(good_model: Path, tmp_path_factory: pytest.TempPathFactory) -> di
 
 @pytest.fixture(scope="module")
 def canary(good_model: Path, onnx_files: dict[str, Path]):
-    from asr_optimize.eval_data import EvalSource, load_eval_set
+    from asr_optimize.quality.eval_sets import EvalSource, load_eval_set
     from asr_optimize.runners.torch_runner import TorchRunner
     from asr_optimize.transcribe import transcribe
     from asr_optimize.triton.hotswap import CanarySet
@@ -91,7 +91,7 @@ def test_first_deploy_pipeline_matches_pytorch(server, good_model, onnx_files, c
     assert texts == canary.reference_transcripts
     assert any(texts) and all(any("\u0900" <= ch <= "\u097f" for ch in t) for t in texts if t)
     if good_model == DEMO_MODEL:  # a trained model: its transcripts should be close to the ground truth
-        from asr_optimize.metrics import wer_cer
+        from asr_optimize.quality.metrics import wer_cer
 
         assert wer_cer(canary.texts, texts).cer < 0.3
 

@@ -147,7 +147,7 @@ def test_sigkill_of_the_owner_leaves_no_server(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- the swap journal
 
 CRASHING_SWAP = _script('''
-    from asr_optimize.eval_data import EvalSource, load_eval_set
+    from asr_optimize.quality.eval_sets import EvalSource, load_eval_set
     from asr_optimize.triton import hotswap
     from asr_optimize.triton.hotswap import CanarySet, SwapOptions, hot_swap, http_client, pipeline_transcribe
     root, artifact, model_dir, url, crash_at = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:]

@@ -37,7 +37,7 @@ def hub_env(hub: FakeHub, tmp: Path) -> dict[str, str]:
 
 
 def test_resolve_model_downloads_through_hf_endpoint_and_pins_the_sha(hub: FakeHub, tmp_path: Path) -> None:
-    script = ("import sys; from asr_optimize.model_source import resolve_model; "
+    script = ("import sys; from asr_optimize.model.source import resolve_model; "
               "r = resolve_model(sys.argv[1], revision=sys.argv[2] or None, cache_dir=sys.argv[3]); "
               "print(r.model_dump_json())")
 
@@ -154,7 +154,7 @@ def test_unknown_model_fails_clearly_and_emits_nothing(server: dict[str, str], h
 
 
 def test_a_revision_already_built_is_not_announced(tmp_path: Path) -> None:
-    from asr_optimize.store import LocalArtifactStore, production_pointer
+    from asr_optimize.store.local import LocalArtifactStore, production_pointer
     from flows.watch_upstream import check_upstream, upstream_pointer
 
     store = LocalArtifactStore(tmp_path / "store")

@@ -30,7 +30,7 @@ requires_triton = pytest.mark.skipif(triton_skip_reason() is not None, reason=st
 
 def export(model_dir: Path, out_dir: Path) -> Path:
     """ONNX export (with parity check against PyTorch) of a model folder; returns the .onnx path."""
-    from asr_optimize.audio import synthetic_audio
+    from asr_optimize.audio.load import synthetic_audio
     from tasks.export import ONNX_NAME, ExportOptions, export_onnx
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +98,7 @@ DEMO_MODEL = Path(__file__).resolve().parents[1] / "asr_optimize" / "assets" / "
 
 def demo_canary(model_dir: Path, n: int = 6):
     """The first ``n`` demo test utterances with PyTorch fp32 reference transcripts."""
-    from asr_optimize.eval_data import EvalSource, load_eval_set
+    from asr_optimize.quality.eval_sets import EvalSource, load_eval_set
     from asr_optimize.runners.torch_runner import TorchRunner
     from asr_optimize.transcribe import transcribe
     from asr_optimize.triton.hotswap import CanarySet

@@ -1,4 +1,4 @@
-"""Runner for the project's fused wav2vec2 CTC engine (``asr_optimize.fused``): fp32 on CPU, fp16 / fp8 on CUDA.
+"""Runner for the project's fused wav2vec2 CTC engine (``asr_optimize.engine``): fp32 on CPU, fp16 / fp8 on CUDA.
 
 Why CUDA graphs per length bucket: at 1 x 1 s the engine's ~150 kernels are launch-bound (eager PyTorch spends
 most of its wall time launching); one graph replay per call removes that. Inputs are padded up to the smallest
@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from asr_optimize.fused.engine import (
+from asr_optimize.engine.fused import (
     FusedEngineOptions,
     FusedModel,
     build_fused_engine,
     load_engine,
     output_frames,
 )
-from asr_optimize.io_spec import SAMPLE_RATE
+from asr_optimize.model.io_spec import SAMPLE_RATE
 from asr_optimize.runners.base import Runner, RunnerUnavailable, TorchOutputs
 
 __all__ = ["FusedEngineOptions", "FusedRunner", "build_fused_engine", "fp8_support"]

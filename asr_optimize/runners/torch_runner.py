@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from asr_optimize.io_spec import SAMPLE_RATE
-from asr_optimize.model_source import load_model
+from asr_optimize.model.io_spec import SAMPLE_RATE
+from asr_optimize.model.source import load_model
 from asr_optimize.runners.base import Runner, RunnerUnavailable, TorchOutputs
 
 GRAPH_MAX_SAMPLES = 10 * SAMPLE_RATE  # batch x samples up to 10 s of audio: launch-bound, where graphs pay off

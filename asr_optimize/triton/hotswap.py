@@ -32,8 +32,8 @@ from pydantic import BaseModel, Field
 
 from asr_optimize.errors import TransientError
 from asr_optimize.fileio import atomic_write_text
-from asr_optimize.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
-from asr_optimize.metrics import transcript_parity, wer_cer
+from asr_optimize.quality.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
+from asr_optimize.quality.metrics import transcript_parity, wer_cer
 from asr_optimize.triton import auth, journal
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.repository import BatchingOptions, ModelKind, RepositoryError

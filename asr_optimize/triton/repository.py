@@ -15,7 +15,7 @@ Serving on a GPU (issue #15): the acoustic model runs on GPU instances (ONNX Run
 optionally a CUDA graph per fixed shape) behind Triton's dynamic batcher, which merges only requests of the same
 shape. The ``asr`` pipeline therefore pads every utterance to a length bucket (default 2/5/10/20 s; padding is
 masked through ``attention_mask`` and only the valid frames are decoded), so requests of different lengths share
-batches. Utterances longer than the largest bucket are cut into overlapping windows (``asr_optimize.chunking``,
+batches. Utterances longer than the largest bucket are cut into overlapping windows (``asr_optimize.audio.chunking``,
 copied beside the pipeline) sent as one batch, and their logits stitched. ``BatchingOptions`` holds every knob.
 
 The fused engine (``python_fused``) also runs in the python backend: both python kinds write the same parameter set,
@@ -34,22 +34,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from asr_optimize.ctc import CtcVocabulary
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.fileio import atomic_write_text
 from asr_optimize.hashing import sha256_file
-from asr_optimize.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
+from asr_optimize.model.ctc import CtcVocabulary
+from asr_optimize.model.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.transcribe import ChunkingOptions
 from asr_optimize.triton.backends import CTC_PIPELINE, FUSED_ACOUSTIC, ORT_ACOUSTIC
 
-CHUNKING_SOURCE = Path(__file__).resolve().parents[1] / "chunking.py"
+CHUNKING_SOURCE = Path(__file__).resolve().parents[1] / "audio" / "chunking.py"
 """The long-form windowing module (numpy only), copied into the pipeline's version folder."""
 
 ModelKind = Literal["python_onnxruntime", "python_fused", "onnxruntime_onnx", "tensorrt_plan"]
 PYTHON_KINDS: tuple[str, ...] = ("python_onnxruntime", "python_fused")
 """Kinds served by Triton's python backend (one config can hold versions of both)."""
 FUSED_ENGINE_JSON = "engine.json"
-"""Marks a fused engine folder (``asr_optimize.fused.engine.ENGINE_JSON``; not imported: that module needs torch)."""
+"""Marks a fused engine folder (``asr_optimize.engine.fused.ENGINE_JSON``; not imported: that module needs torch)."""
 FUSED_ENGINE_DIR = "engine"
 DEFAULT_MODEL_NAME = "wav2vec2_ctc"
 DEFAULT_PIPELINE_NAME = "asr"

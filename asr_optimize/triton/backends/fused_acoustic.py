@@ -44,7 +44,7 @@ def _pow2_upto(n):
 def window_samples(chunk_s, kernels, strides, sample_rate=16000):
     """Widest long-form window the pipeline sends (``chunking.plan_windows``): C frames plus the up to S - 1
     trailing samples a single-window recording keeps."""
-    from asr_optimize.ctc import conv_geometry_from
+    from asr_optimize.model.ctc import conv_geometry_from
 
     frame, receptive = conv_geometry_from(kernels, strides)
     chunk = round(chunk_s * sample_rate / frame)
@@ -83,7 +83,7 @@ class TritonPythonModel:
         try:
             import torch
 
-            from asr_optimize.fused.engine import ENGINE_FORMAT
+            from asr_optimize.engine.fused import ENGINE_FORMAT
             from asr_optimize.runners.base import RunnerUnavailable
             from asr_optimize.runners.fused_engine import FusedRunner
         except Exception as exc:  # ImportError, or a broken torch install

@@ -1,0 +1,2 @@
+"""The model a run optimizes: where it comes from (``source``), its input/output contract (``io_spec``), ONNX file
+helpers (``onnx_files``) and its CTC vocabulary and greedy decoding (``ctc``)."""

@@ -1,1 +1,0 @@
-"""Serving measurements against a running Triton: the load generator (``serve-bench``) and the reload soak."""

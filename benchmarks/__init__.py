@@ -1,0 +1,1 @@
+"""Benchmark scripts; the runtime package never imports this."""

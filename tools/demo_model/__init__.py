@@ -1,0 +1,1 @@
+"""Rebuild the bundled demo model and test set: synthetic Hindi speech (espeak-ng), training, evaluation."""
