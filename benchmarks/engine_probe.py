@@ -31,7 +31,7 @@ import numpy as np
 
 SHAPES = [(1, 1.0), (1, 10.0), (16, 10.0), (64, 10.0)]
 CATEGORIES = ("gemm", "attention", "conv", "norm", "elementwise", "copies", "other")
-DEMO_NPZ = Path(__file__).resolve().parent.parent / "benchmarks" / "h100-2026-11-27-fused" / "demo_audio.npz"
+DEMO_NPZ = Path(__file__).resolve().parent / "gpu" / "demo_audio.npz"
 
 
 def _shim_missing_modules() -> None:

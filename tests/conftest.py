@@ -1,4 +1,13 @@
-"""Shared fixtures: a tiny random-weight Wav2Vec2ForCTC with the real Hindi vocabulary, made at test time."""
+"""Shared fixtures and the one capability marker.
+
+Fixtures: every default folder under pytest's tmp dir; a tiny random-weight Wav2Vec2ForCTC with the real Hindi
+vocabulary (made at test time); ONNX exports of it and of the bundled demo model; a fused engine of the demo model.
+
+``@pytest.mark.requires("name", ...)``: the test runs only where every named requirement is met, else it is skipped
+with ``needs <name>: <reason>``. The names and their probes are in ``tests/support/capabilities.py`` (``cuda``,
+``tensorrt``, ``tritonserver``, ``espeak-ng``, ``non-root``, ...); an unknown name is a usage error. The older
+``@pytest.mark.triton`` is kept as an alias of ``requires("tritonserver")``.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +17,35 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TINY_OVERRIDES = {
-    "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128,
-    "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4,
-}
-VOCAB_DIR = Path(__file__).resolve().parents[1] / "asr_optimize" / "assets" / "replica-config"
+from tests.support import capabilities
+from tests.support.assets import DEMO_MODEL, TINY_OVERRIDES, VOCAB_DIR
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+# ---------------------------------------------------------------------------------------- the requires marker
+
+
+@pytest.hookimpl(trylast=True)  # after -m / -k deselection: only the selected tests' requirements are probed
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        needs: list[str] = []
+        for mark in item.iter_markers("requires"):
+            unknown = [name for name in mark.args if name not in capabilities.PROBES]
+            if not mark.args or unknown or mark.kwargs:
+                raise pytest.UsageError(f"{item.nodeid}: requires() takes names out of {sorted(capabilities.PROBES)}, "
+                                        f"got {mark.args!r} {mark.kwargs or ''}")
+            needs += mark.args
+        if item.get_closest_marker("triton") is not None:
+            needs.append("tritonserver")
+        for name in dict.fromkeys(needs):
+            if (reason := capabilities.missing(name)) is not None:
+                item.add_marker(pytest.mark.skip(reason=f"needs {name}: {reason}"))
+                break
+
+
+# ---------------------------------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +74,32 @@ def waves() -> list[np.ndarray]:
     from asr_optimize.audio.load import synthetic_audio
 
     return synthetic_audio(2, 1.0, seed=1) + synthetic_audio(1, 1.7, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported to ONNX (``model.onnx``, parity-checked against PyTorch). Read-only for tests."""
+    from asr_optimize.audio.load import synthetic_audio
+    from tasks.export import ExportOptions, export_onnx
+
+    out = tmp_path_factory.mktemp("tiny-export")
+    export_onnx(tiny_model, out, ExportOptions(), synthetic_audio(2, 1.0))
+    return out / "model.onnx"
+
+
+@pytest.fixture(scope="session")
+def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundled demo model exported to ONNX (~10 s). Read-only: copy it where a test needs its own file."""
+    from tests.support.triton_server import export
+
+    return export(DEMO_MODEL, tmp_path_factory.mktemp("demo-export"))
+
+
+@pytest.fixture(scope="session")
+def demo_fused_engine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fused engine folder (fp16 by default, runnable in fp32 on the CPU) of the demo model. Read-only."""
+    from asr_optimize.runners.fused_engine import FusedEngineOptions, build_fused_engine
+
+    out = tmp_path_factory.mktemp("fused") / "demo-engine"
+    build_fused_engine(DEMO_MODEL, out, FusedEngineOptions(precision="fp16"))
+    return out

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The served model through Triton: an artifact deployed into the bundled tritonserver on the GPU (through the
+# product's hot swap: canary, promotion), then an `asr-optimize serve-bench` concurrency sweep against it, through the
+# `asr` pipeline (audio -> text) and the acoustic model alone: throughput, x real time, p50/p90/p99, Triton's queue and
+# compute time, the acoustic batch size, failed requests.
+#
+#   bash benchmarks/gpu/serve.sh                                          # fused fp16 engine, GPU 0
+#   CONCURRENCY=64,128,256 DURATIONS=10 CUDA_VISIBLE_DEVICES=0,1 bash benchmarks/gpu/serve.sh   # two GPUs
+#   ARTIFACT=onnx-fp16 INSTANCES=2 QUEUE_DELAY_US=100 bash benchmarks/gpu/serve.sh   # ONNX Runtime CUDA fp16
+#
+# Environment (defaults in brackets):
+#   PYTHON              the Python with asr-optimize installed                       [python3]
+#   OUT                 results folder                                               [reports/serve-<date>-<time>]
+#   WORK                reusable intermediate files (model, engine, repository)      [reports/gpu-work]
+#   MODEL               model folder; empty: the replica architecture with random
+#                       weights, written into $WORK (results labelled speed only)    []
+#   ARTIFACT            fused-fp16 | onnx-fp16 | path of an ONNX file or engine folder [fused-fp16]
+#   CUDA_VISIBLE_DEVICES  GPUs Triton uses; one acoustic instance group per GPU      [0]
+#   INSTANCES           acoustic model instances per GPU                             [1]
+#   PIPELINE_INSTANCES  instances of the `asr` pipeline model                        [4]
+#   QUEUE_DELAY_US      dynamic batching: max queue delay of the acoustic model (us)  [200]
+#   GPU_INPUTS          1: request tensors stay on the GPU; 0: host memory           [1]
+#   CUDA_GRAPHS         1: CUDA graphs for ONNX Runtime artifacts in the server      [0]
+#   PROFILE_EVERY       fused engine: log execute phases every N batches into
+#                       tritonserver.log (0: off)                                    [0]
+#   SERVER_ARGS         extra tritonserver arguments, space separated                []
+#   CONCURRENCY         requests kept in flight, comma list                          [1,4,16,64]
+#   TARGETS             pipeline, acoustic (comma list)                              [pipeline,acoustic]
+#   DURATIONS           request lengths in seconds, comma list                       [1,10]
+#   WINDOW_S            measurement window (s)                                       [2]
+#   MAX_WINDOWS         windows per level before giving up on stability              [8]
+#   PROCESSES           load-generator processes (serve-bench --processes)           [1]
+#   LABEL               title of the results                      [<model folder>, <artifact> (speed only)]
+# Results: serve-bench/ (serve_bench.csv, .json, .md, charts), deploy.md, the generated config.pbtxt files,
+# tritonserver.log, console.log, machine.txt, GPU memory before and after.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
+start_results serve
+
+prepare_artifact
+deploy_options
+repo=$WORK/triton-repo
+deploy=("$PYTHON" benchmarks/gpu/triton_deploy.py --repository "$repo" "${DEPLOY_OPTS[@]}")
+echo "==> deploy $ARTIFACT_PATH as version 1"
+"${deploy[@]}" deploy --artifact "$ARTIFACT_PATH" --model-dir "$MODEL" --out "$OUT"
+
+echo "==> start tritonserver on $repo"
+url_file=$WORK/triton-url
+rm -f "$url_file"
+"${deploy[@]}" serve --url-file "$url_file" --log "$OUT/tritonserver.log" &
+server_pid=$!
+trap 'kill "$server_pid" 2>/dev/null || true; wait "$server_pid" 2>/dev/null || true; gpu_memory "$OUT/gpu-memory-after.csv"
+      echo "==> done after $SECONDS s; results in $OUT"' EXIT
+for _ in $(seq 600); do
+  [ -s "$url_file" ] && break
+  kill -0 "$server_pid" 2>/dev/null || { echo "tritonserver did not start" >&2; exit 1; }
+  sleep 1
+done
+[ -s "$url_file" ] || { echo "tritonserver not ready after 600 s" >&2; exit 1; }
+
+label=${LABEL:-"$(basename "$MODEL"), $(basename "${ARTIFACT:-fused-fp16}")"}
+[ "$SPEED_ONLY" = 1 ] && [ -z "${LABEL:-}" ] && label="$label (speed only)"
+args=(serve-bench --url "$(cat "$url_file")" --concurrency "${CONCURRENCY:-1,4,16,64}"
+      --targets "${TARGETS:-pipeline,acoustic}" --durations "${DURATIONS:-1,10}" --window-s "${WINDOW_S:-2}"
+      --max-windows "${MAX_WINDOWS:-8}" --utterances 16 --label "$label" --out "$OUT/serve-bench")
+[ "$SPEED_ONLY" = 1 ] && args+=(--speed-only)
+[ "${PROCESSES:-1}" = 1 ] || args+=(--processes "$PROCESSES")
+echo "+ asr-optimize ${args[*]}"
+"${CLI[@]}" "${args[@]}"

@@ -1,0 +1,1 @@
+"""Helpers shared by the unit and integration tests: paths, capability probes, real servers on loopback."""
