@@ -28,8 +28,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
 
+## test-fast: the unit tests only (tests/unit: no servers, no whole-flow runs)
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest -q -m "not slow and not triton"
+	$(PY) -m pytest -q -m "not slow"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -79,6 +79,21 @@ def disk_full_errors(what: Path | str) -> Iterator[None]:
         raise
 
 
+def disk_full_cause(exc: BaseException) -> BaseException | None:
+    """The disk-full error behind ``exc``: itself or an exception in its cause/context chain that is an ENOSPC/EDQUOT
+    ``OSError`` or (libraries that wrap it, e.g. in a RuntimeError) says so in its message; None otherwise."""
+    seen: BaseException | None = exc
+    for _ in range(20):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno in _DISK_FULL:
+            return seen
+        if any(text in str(seen) for text in ("No space left on device", "Disk quota exceeded")):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def _create_file(path: Path) -> int:
     """A new file with mode 0666 & ~umask (mkstemp would force 0600 and hide shared store files)."""
     return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)

@@ -7,11 +7,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 from prefect.blocks.core import Block
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from asr_optimize.defaults import TRITON_MODEL_NAME, TRITON_PIPELINE_NAME
 from asr_optimize.errors import StoreError
 from asr_optimize.settings import get_settings, s3_endpoint_url
 from asr_optimize.store.s3_download import split_s3_uri
+from asr_optimize.triton.names import TritonModelName
 from blocks.model_store import HAVE_PREFECT_AWS
 
 if HAVE_PREFECT_AWS:
@@ -29,12 +31,21 @@ class TritonTarget(Block):
     repository: str = Field(default_factory=lambda: str(get_settings().triton_repository),
                             description="Model repository: a folder or s3://bucket/prefix")
     repository_endpoint_url: str | None = Field(None, description="S3-compatible endpoint of an s3:// repository")
-    model_name: str = Field("wav2vec2_ctc", description="The acoustic model's name in the repository")
-    pipeline_name: str = Field("asr", description="The end-to-end (audio -> text) pipeline model")
+    model_name: TritonModelName = Field(TRITON_MODEL_NAME, description="The acoustic model's name in the repository "
+                                        "(a folder name: letters, digits, '_', '.', '-')")
+    pipeline_name: TritonModelName = Field(TRITON_PIPELINE_NAME, description="The end-to-end (audio -> text) "
+                                           "pipeline model (a folder name, not the acoustic model's)")
     if HAVE_PREFECT_AWS:
         repository_credentials: AwsCredentials | None = Field(
             None, description="Credentials for an s3:// repository; empty = boto3's default chain"
         )
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> TritonTarget:
+        if self.model_name == self.pipeline_name:
+            raise ValueError(f"model_name and pipeline_name are both {self.model_name!r}: they are two folders of the "
+                             "repository and need two names")
+        return self
 
     @property
     def is_s3(self) -> bool:

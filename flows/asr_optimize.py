@@ -1,9 +1,10 @@
 """The asr-optimize flow, read top to bottom as the pipeline diagram:
 
-    resolve -> profile -> export -> optimize -> engines (TensorRT, fused) -> benchmark -> evaluate -> promote
-            -> deploy (Triton hot-swap + health) -> report
+    resolve -> profile -> artifacts (export -> optimize -> TensorRT, fused engines) -> benchmark -> evaluate
+            -> release (promote -> deploy: Triton hot-swap + health -> production pointer) -> report
 
-Every stage is a plain function in ``tasks/`` returning a ``StageResult``; this module only wires them. Run it with
+Every stage is a plain function in ``tasks/`` returning a ``StageResult``; this module only wires them (the artifact
+stages through ``flows.artifacts``, the release through ``flows.release``). Run it with
 ``asr-optimize run`` (a temporary local Prefect API is used when no server is configured), or as the
 ``asr-optimize/prod`` deployment on a GPU work pool.
 """
@@ -26,33 +27,21 @@ from asr_optimize.paths import DEFAULT_MODEL
 from asr_optimize.quality.parity import parity_audio
 from asr_optimize.settings import get_settings
 from blocks.model_store import open_store
-from blocks.triton_target import TritonTarget
-from tasks.backends import pipeline_runner_specs
+from flows.artifacts import ArtifactOptions, build_artifacts
+from flows.release import release, triton_options_from_block
 from tasks.benchmark import BenchmarkOptions, benchmark_task
-from tasks.common import StageResult, get_logger, on_device
-from tasks.deploy_triton import STAGE as DEPLOY_STAGE
-from tasks.deploy_triton import TritonOptions, deploy_task, servable_kinds
+from tasks.common import get_logger, on_device
+from tasks.deploy_triton import TritonOptions
 from tasks.evaluate import EvaluateOptions, evaluate_task, load_eval_task
-from tasks.export import ExportOptions, export_task
-from tasks.fused_build import FusedBuildOptions, fused_task
-from tasks.optimize import OptimizeOptions, optimize_task
 from tasks.profile import ProfileOptions, profile_task
-from tasks.promote import move_production_pointer, promote_task
 from tasks.report import report_task
 from tasks.resolve import resolve_task
-from tasks.tensorrt_build import EngineOptions, tensorrt_task
 
 
-class PipelineOptions(BaseModel):
+class PipelineOptions(ArtifactOptions):
     """Every stage's knobs, with defaults sized for the demo model on a CPU (``--options FILE.yaml`` sets them)."""
 
-    model_config = {"extra": "forbid"}
-
     profile: ProfileOptions = Field(default_factory=ProfileOptions)
-    export: ExportOptions = Field(default_factory=ExportOptions)
-    optimize: OptimizeOptions = Field(default_factory=OptimizeOptions)
-    tensorrt: EngineOptions = Field(default_factory=EngineOptions)
-    fused: FusedBuildOptions = Field(default_factory=FusedBuildOptions)
     benchmark: BenchmarkOptions = Field(default_factory=BenchmarkOptions)
     evaluate: EvaluateOptions = Field(default_factory=EvaluateOptions)
     triton: TritonOptions = Field(default_factory=TritonOptions)
@@ -100,28 +89,6 @@ def writable_report_dir(root: Path, run_name: str) -> Path:
     return folder
 
 
-def triton_options_from_block(opts: TritonOptions) -> TritonOptions:
-    """``opts`` with the URL, repository and model names of its ``target_block`` (a saved TritonTarget), if any."""
-    if not opts.target_block:
-        return opts
-    target = TritonTarget.load(opts.target_block)
-    if target.is_s3:
-        raise AsrOptimizeError(f"Triton target {opts.target_block!r} has an s3:// repository; the hot-swap needs a "
-                               "folder the worker and the server share (mount it), S3 repositories are not swapped")
-    swap = opts.swap.model_copy(update={"model_name": target.model_name, "pipeline_name": target.pipeline_name})
-    return opts.model_copy(update={"url": target.http_url, "repository": Path(target.repository), "swap": swap})
-
-
-def deploy_or_failed(*args: Any) -> StageResult:
-    """The deploy stage's result; a deploy that still fails after its retries becomes a failed row, not a crash."""
-    state = deploy_task(*args, return_state=True)
-    if state.is_completed():
-        return state.result()
-    message = state.message or "deploy task did not complete"
-    get_logger().error("%s: %s", DEPLOY_STAGE, message)
-    return StageResult(stage=DEPLOY_STAGE, status="failed", reason=message)
-
-
 @flow(name="asr-optimize", log_prints=True)
 def asr_optimize_flow(
     model: str = str(DEFAULT_MODEL),
@@ -146,26 +113,19 @@ def asr_optimize_flow(
     triton_opts = triton_options_from_block(opts.triton)
 
     resolved = resolve_task(model, revision)
-    waves = parity_audio(opts.parity_utterances)
     eval_set = load_eval_task(opts.evaluate.source)
     profile = on_device(profile_task, dev)(artifact_store, resolved, opts.profile.model_copy(update={"device": dev}))
-    export = export_task(artifact_store, resolved, opts.export, waves)
-    optimized = optimize_task(artifact_store, resolved, export, opts.optimize, waves)
-    engines = tensorrt_task(artifact_store, resolved, optimized, caps, opts.tensorrt, export)
     calibration = [u.audio for u in eval_set.utterances]  # fp8 activation scales come from real speech
-    fused = on_device(fused_task, dev)(artifact_store, resolved, opts.fused, dev, calibration)
-    specs = pipeline_runner_specs(resolved, export, optimized, engines, caps, dev, fused)
+    built = build_artifacts(artifact_store, resolved, caps, dev, opts, parity_audio(opts.parity_utterances),
+                            calibration, as_tasks=True)
+    specs = built.runner_specs(resolved, caps, dev)
     benchmark = on_device(benchmark_task, dev)(specs, opts.benchmark, report_dir)
     evaluation = on_device(evaluate_task, dev)(specs, eval_set, resolved.local_dir, opts.evaluate, report_dir)
-    promotion = promote_task(specs, evaluation, benchmark, artifact_store, dev, resolved.source, opts.evaluate.gate,
-                             servable_kinds(triton_opts))
-    deployment = deploy_or_failed(promotion, eval_set, resolved, caps, triton_opts)
-    decision = promotion.output
-    if decision is not None and decision.promoted and deployment.status in ("ok", "skipped"):
-        move_production_pointer(artifact_store, decision, dev, resolved.source, resolved.revision,
-                                {"triton": deployment.status, **deployment.metrics})
+    released = release(specs, evaluation, benchmark, artifact_store, dev, resolved, eval_set, caps,
+                       opts.evaluate.gate, triton_opts)
+    promotion, deployment, decision = released.promotion, released.deployment, released.decision
 
-    stages = [profile, export, optimized, engines, fused, benchmark, evaluation, promotion, deployment]
+    stages = [profile, *built.stages(), benchmark, evaluation, promotion, deployment]
     run_info: dict[str, Any] = {
         "run_name": run_name, "model": resolved.source, "revision": resolved.revision, "code_version": __version__,
         "device": dev, "gpu": caps.gpu_name or "none", "tensorrt": caps.tensorrt_version or caps.tensorrt_reason,

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from asr_optimize import defaults
 from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.model.source import ResolvedModel, init_random_model, resolve_model
 from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
@@ -27,30 +28,21 @@ from asr_optimize.runners.registry import RunnerSpec, baseline_label
 from asr_optimize.settings import get_settings
 from asr_optimize.store.local import ArtifactStore
 from blocks.model_store import open_store
-from tasks.backends import pipeline_runner_specs
+from flows.artifacts import ArtifactOptions, BuiltArtifacts, build_artifacts
 from tasks.benchmark import BenchCase, BenchmarkOptions, run_benchmarks
-from tasks.common import StageResult, get_logger
+from tasks.common import get_logger
 from tasks.evaluate import EvaluateOptions, evaluate_backends
-from tasks.export import ExportOptions, export_stage
-from tasks.fused_build import FusedBuildOptions, build_fused_engines
-from tasks.optimize import OptimizeOptions, optimize_stage
 from tasks.report import benchmark_charts
-from tasks.tensorrt_build import EngineOptions, build_engines
-
-
-def _default_cases() -> list[BenchCase]:
-    return [BenchCase(batch=1, seconds=1), BenchCase(batch=1, seconds=10), BenchCase(batch=16, seconds=10),
-            BenchCase(batch=64, seconds=10)]
 
 
 class BenchSuiteOptions(BaseModel):
     model: str | None = None  # None: the replica architecture with random weights (speed only)
     accuracy_model: str = str(DEFAULT_MODEL)
     device: str = "cuda"
-    cases: list[BenchCase] = Field(default_factory=_default_cases, min_length=1)
-    warmup: int = Field(5, ge=0)
-    iterations: int = Field(30, ge=1)
-    max_seconds_per_case: float = 20.0
+    cases: list[BenchCase] = Field(default_factory=lambda: BenchCase.parse_list(defaults.SUITE_CASES), min_length=1)
+    warmup: int = Field(defaults.SUITE_WARMUP, ge=0)
+    iterations: int = Field(defaults.SUITE_ITERATIONS, ge=1)
+    max_seconds_per_case: float = defaults.SUITE_MAX_SECONDS_PER_CASE
     store: str = Field(default_factory=lambda: get_settings().store)
     out_dir: Path | None = None
     only: list[str] = Field(default_factory=list)  # keep runners whose label contains one of these
@@ -68,33 +60,16 @@ def replica_model(cache: Path) -> Path:
     return folder
 
 
-class BuiltArtifacts(BaseModel):
-    export: StageResult
-    optimized: StageResult
-    engines: StageResult
-    fused: StageResult
-
-    def stages(self) -> list[StageResult]:
-        return [self.export, self.optimized, self.engines, self.fused]
-
-
-def build_artifacts(store: ArtifactStore, model: ResolvedModel, caps: Capabilities, device: str,
+def suite_artifacts(store: ArtifactStore, model: ResolvedModel, caps: Capabilities, device: str,
                     demo_audio: list[np.ndarray]) -> BuiltArtifacts:
-    """Export, optimize and build engines (TensorRT where it exists, the fused engines on CUDA), all through the
-    store's cache: the same stage functions the flow runs. ``demo_audio``: the demo test set's utterances (parity on
-    the first 4, as ``parity.parity_audio`` gives the flow; fp8 calibration on all)."""
-    waves = demo_audio[:4]
-    export = export_stage(store, model, ExportOptions(), waves)
-    optimized = optimize_stage(store, model, export, OptimizeOptions(), waves)
-    engines = build_engines(store, model, optimized, caps, EngineOptions(), export)
-    fused = build_fused_engines(store, model, FusedBuildOptions(), device, demo_audio)
-    return BuiltArtifacts(export=export, optimized=optimized, engines=engines, fused=fused)
+    """The flow's artifacts with default options: parity on the first 4 demo utterances (as ``parity.parity_audio``
+    gives the flow), fp8 calibration on all of them."""
+    return build_artifacts(store, model, caps, device, ArtifactOptions(), demo_audio[:4], demo_audio)
 
 
 def suite_specs(model: ResolvedModel, built: BuiltArtifacts, caps: Capabilities, opts: BenchSuiteOptions
                 ) -> list[RunnerSpec]:
-    specs = pipeline_runner_specs(model, built.export, built.optimized, built.engines, caps, opts.device, built.fused,
-                                  include_cpu=opts.include_cpu)
+    specs = built.runner_specs(model, caps, opts.device, include_cpu=opts.include_cpu)
     specs = _select(specs, opts.only)
     if opts.compile and opts.device == "cuda":
         specs.append(compiled_spec(model))
@@ -124,7 +99,7 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     log.info("bench: model %s (%s), device %s (%s)", model.source, model.revision, opts.device, caps.gpu_name)
     demo_set = load_eval_set()  # read once: parity audio, fp8 calibration and the accuracy check all use it
     demo_audio = [u.audio for u in demo_set.utterances]
-    built = build_artifacts(store, model, caps, opts.device, demo_audio)
+    built = suite_artifacts(store, model, caps, opts.device, demo_audio)
     summary: dict[str, Any] = {
         "machine": caps.gpu_name or platform.processor() or platform.machine(), "host": platform.node(),
         "torch": caps.torch_version, "onnxruntime": caps.onnxruntime_version, "ort_providers": caps.ort_providers,
@@ -144,7 +119,7 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     accuracy = pd.DataFrame()
     if not opts.skip_accuracy:
         demo = resolve_model(opts.accuracy_model)
-        demo_specs = suite_specs(demo, build_artifacts(store, demo, caps, opts.device, demo_audio), caps, opts)
+        demo_specs = suite_specs(demo, suite_artifacts(store, demo, caps, opts.device, demo_audio), caps, opts)
         evaluation = evaluate_backends(demo_specs, demo_set, demo.local_dir, EvaluateOptions(), out)
         accuracy = evaluation.table()
         accuracy.to_csv(out / "accuracy.csv", index=False)

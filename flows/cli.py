@@ -8,6 +8,7 @@ non-retryable error; 3 a transient fault that outlasted its retries (Triton, S3 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -17,9 +18,18 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from asr_optimize import defaults
 from asr_optimize.errors import AsrOptimizeError, TransientError
 from asr_optimize.paths import DEFAULT_MODEL
 from asr_optimize.settings import get_settings
+
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # workers often have no internet: no telemetry, no resolver errors
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # the temporary API on a busy 2-core host
+}
+for _name, _value in PREFECT_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
 
 app = typer.Typer(help="Optimize, verify and deploy wav2vec2 CTC speech models.", no_args_is_help=True)
 console = Console()
@@ -138,9 +148,9 @@ def run(
 def bench(
     device: Annotated[str, typer.Option(help="cuda (the suite's purpose) or cpu")] = "cuda",
     model: Annotated[str | None, typer.Option(help="model to time; default: the replica architecture")] = None,
-    cases: Annotated[str, typer.Option(help="batch x seconds list")] = "1x1,1x10,16x10,64x10",
-    iterations: Annotated[int, typer.Option(min=1)] = 30,
-    warmup: Annotated[int, typer.Option(min=0, help="untimed runs per case first")] = 5,
+    cases: Annotated[str, typer.Option(help="batch x seconds list")] = defaults.SUITE_CASES,
+    iterations: Annotated[int, typer.Option(min=1)] = defaults.SUITE_ITERATIONS,
+    warmup: Annotated[int, typer.Option(min=0, help="untimed runs per case first")] = defaults.SUITE_WARMUP,
     store: Annotated[str | None, typer.Option(help="model store [default: ASR_OPTIMIZE_STORE or model_store]")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default reports/bench-<time>)")] = None,
     only: Annotated[str, typer.Option(help="comma list: keep runners whose label contains one")] = "",
@@ -173,13 +183,19 @@ def bench(
 def production_spec(store_spec: str, model: str, device: str) -> Any:
     """The runner spec of the model's ``production`` artifact, as the promote stage recorded it in the pointer."""
     from asr_optimize.runners.registry import RunnerSpec
-    from asr_optimize.store.local import production_pointer, slugify_model
+    from asr_optimize.store.local import artifact_ref, production_pointer, slugify_model
     from blocks.model_store import open_store
 
-    pointer = open_store(store_spec).read_pointer(production_pointer(slugify_model(model)))
+    store, slug = open_store(store_spec), slugify_model(model)
+    pointer = store.read_pointer(production_pointer(slug))
     if not pointer or not pointer.get("spec"):
         raise AsrOptimizeError(f"no production artifact for {model} in {store_spec}: run `asr-optimize run` first")
     spec = RunnerSpec.model_validate(pointer["spec"])
+    if spec.kind != "pytorch":  # a stored artifact (pytorch: the model folder itself): its files are checked against
+        # the manifest's sha256 before anything runs, a damaged one is refused (StoreError naming the file)
+        ref, file = artifact_ref(pointer.get("artifact_id") or "", slug, str(pointer.get("revision") or ""))
+        stored = store.verify_artifact(ref)
+        spec = spec.model_copy(update={"path": stored.file(file) if file else stored.local_dir})
     if not spec.path.exists():
         raise AsrOptimizeError(f"production artifact {pointer.get('artifact_id')} is not on this machine "
                                f"({spec.path}); run `asr-optimize run` here to fetch or rebuild it")
@@ -220,8 +236,8 @@ def transcribe(
             url = triton_url or get_settings().triton_url
             if not url:
                 raise typer.BadParameter("--via triton needs --triton-url (or ASR_OPTIMIZE_TRITON_URL)")
-            spec = RunnerSpec(kind="triton", variant="wav2vec2_ctc", device="server", path=resolved.local_dir,
-                              options={"url": url})
+            spec = RunnerSpec(kind="triton", variant=defaults.TRITON_MODEL_NAME, device="server",
+                              path=resolved.local_dir, options={"url": url})
         elif via != "local":
             raise typer.BadParameter(f"--via must be local or triton, not {via!r}")
         elif production:
@@ -258,18 +274,37 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 @app.command("serve-bench")
 def serve_bench_command(
-    url: Annotated[str | None, typer.Option(help="Triton endpoint (gRPC host:port or HTTP URL); default: start the "
-                                                 "bundled tritonserver on --triton-repository")] = None,
+    url: Annotated[str | None, typer.Option(help="Triton gRPC endpoint, host:port; default: start the bundled "
+                                                 "tritonserver on --triton-repository")] = None,
     triton_repository: Annotated[Path | None, typer.Option(help="repository for the bundled server")] = None,
-    concurrency: Annotated[str, typer.Option(help="requests kept in flight, a comma list")] = "1,4,16,64",
+    concurrency: Annotated[str, typer.Option(help="requests kept in flight, a comma list")] = (
+        defaults.SERVE_CONCURRENCY),
     targets: Annotated[str, typer.Option(help="pipeline (audio -> text), acoustic (the model alone)")] = (
-        "pipeline,acoustic"),
+        defaults.SERVE_TARGETS),
     durations: Annotated[str, typer.Option(help="request lengths in seconds, a comma list; empty: the demo "
                                                 "utterances as they are")] = "",
-    window_s: Annotated[float, typer.Option(help="measurement window (s)", min=0.1)] = 5.0,
-    max_windows: Annotated[int, typer.Option(help="windows per level before giving up on stability", min=1)] = 10,
-    utterances: Annotated[int, typer.Option(help="demo test-set utterances to cycle through", min=1)] = 16,
+    window_s: Annotated[float, typer.Option(help="measurement window (s)", min=0.1)] = defaults.SERVE_WINDOW_S,
+    stability: Annotated[float, typer.Option(help="windows agree within this fraction", min=0.001)] = (
+        defaults.SERVE_STABILITY),
+    stable_windows: Annotated[int, typer.Option(help="windows that must agree", min=1)] = (
+        defaults.SERVE_STABLE_WINDOWS),
+    max_windows: Annotated[int, typer.Option(help="windows per level before giving up on stability", min=1)] = (
+        defaults.SERVE_MAX_WINDOWS),
+    min_window_requests: Annotated[int, typer.Option(help="requests a window needs", min=1)] = (
+        defaults.SERVE_MIN_WINDOW_REQUESTS),
+    max_level_s: Annotated[float, typer.Option(help="time limit per level (s)", min=0.1)] = (
+        defaults.SERVE_MAX_LEVEL_S),
+    request_timeout_s: Annotated[float, typer.Option(help="per request (s)", min=0.1)] = (
+        defaults.SERVE_REQUEST_TIMEOUT_S),
+    processes: Annotated[int, typer.Option(help="load-generator processes per level", min=1)] = (
+        defaults.SERVE_PROCESSES),
+    model_name: Annotated[str, typer.Option(help="acoustic model name")] = defaults.TRITON_MODEL_NAME,
+    pipeline_name: Annotated[str, typer.Option(help="pipeline model name")] = defaults.TRITON_PIPELINE_NAME,
+    acoustic_version: Annotated[str, typer.Option(help="acoustic version ('' = the highest loaded)")] = "",
+    utterances: Annotated[int, typer.Option(help="demo test-set utterances to cycle through", min=1)] = (
+        defaults.SERVE_UTTERANCES),
     label: str = "",
+    device: Annotated[str, typer.Option(help="label for the rows (e.g. the GPU's name)")] = "",
     speed_only: Annotated[bool, typer.Option(help="label the results speed-only (random-weight model)")] = False,
     out: Annotated[Path | None, typer.Option(help="output folder (default reports/serve-bench-<time>)")] = None,
 ) -> None:
@@ -277,30 +312,92 @@ def serve_bench_command(
     from datetime import UTC, datetime
 
     from asr_optimize.loadtest.loadgen import ServeBenchOptions, demo_audio, serve_bench
+    from asr_optimize.triton.endpoint import EndpointError, parse_address
     from tasks.deploy_triton import triton_endpoint
 
     try:
+        address = parse_address(url, "grpc") if url is not None else None
         opts = ServeBenchOptions(
             concurrency=_int_list(concurrency, "--concurrency"), targets=[t for t in targets.split(",") if t],
             durations_s=[float(d) for d in durations.split(",") if d] or None, window_s=window_s,
-            max_windows=max_windows, label=label, speed_only=speed_only)
-    except (ValidationError, ValueError) as exc:
+            stability=stability, stable_windows=stable_windows, max_windows=max_windows,
+            min_window_requests=min_window_requests, max_level_s=max_level_s, request_timeout_s=request_timeout_s,
+            processes=processes, model_name=model_name, pipeline_name=pipeline_name,
+            acoustic_version=acoustic_version, label=label, speed_only=speed_only)
+    except (ValidationError, ValueError, EndpointError) as exc:
         raise typer.BadParameter(str(exc)) from None
     folder = out or get_settings().reports_dir / datetime.now(UTC).strftime("serve-bench-%Y%m%d-%H%M%S")
     repository = (triton_repository or get_settings().triton_repository).resolve()
     try:
-        with triton_endpoint(url, repository) as endpoint:
-            result = serve_bench(endpoint, demo_audio(utterances), opts, folder,
+        with triton_endpoint(address, repository) as endpoint:
+            result = serve_bench(endpoint, demo_audio(utterances), opts, folder, device=device,
                                  progress=lambda row: console.print(
                                      f"  {row.target:<9} c={row.concurrency:<3} {row.throughput_rps:8.1f} req/s "
                                      f"p50 {row.p50_ms or 0:7.2f} ms p99 {row.p99_ms or 0:7.2f} ms "
                                      f"failed {row.failed}"))
     except (AsrOptimizeError, TransientError, ConnectionError) as exc:
-        raise _fail(EXIT_BAD_INPUT, f"{exc} (is Triton up at {url or 'the bundled server'}?)") from exc
+        raise _fail(EXIT_BAD_INPUT, f"{exc} (is Triton up at {address or 'the bundled server'}?)") from exc
     console.print(result.markdown())
     console.print(f"results in {folder}")
     if result.failed:
         raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+@app.command()
+def soak(
+    repository: Annotated[Path, typer.Option(help="the served model repository (already serving)")],
+    url: Annotated[str, typer.Option(help="Triton HTTP endpoint (model control, canary)")],
+    grpc_url: Annotated[str, typer.Option(help="Triton gRPC endpoint (the load)")],
+    model_dir: Annotated[Path, typer.Option(help="the model folder (vocabulary, config)")],
+    artifacts: Annotated[list[Path], typer.Option("--artifact", help="two artifacts to swap between (give twice)")],
+    reference: Annotated[str, typer.Option(help="canary reference: self (what Triton answers now; random-weight "
+                                                "speed runs) or torch")] = "self",
+    swaps: Annotated[int, typer.Option(min=1)] = defaults.SOAK_SWAPS,
+    concurrency: Annotated[int, typer.Option(min=1)] = defaults.SOAK_CONCURRENCY,
+    request_s: Annotated[float | None, typer.Option(help="request length (s); default: the utterances")] = None,
+    batching: Annotated[str, typer.Option(help="BatchingOptions as JSON: must match the repository's")] = "{}",
+    label: str = "",
+    out: Annotated[Path | None, typer.Option(help="output folder (default reports/soak-<time>)")] = None,
+) -> None:
+    """Swap two artifacts back and forth under load: failed requests, latency during swaps, GPU memory per swap."""
+    from datetime import UTC, datetime
+
+    from asr_optimize.loadtest.soak import SoakOptions, soak_canary
+    from asr_optimize.loadtest.soak import soak as run_soak
+    from asr_optimize.triton.endpoint import EndpointError, parse_address
+    from asr_optimize.triton.hotswap import SwapOptions
+    from asr_optimize.triton.repository import BatchingOptions
+
+    if len(artifacts) != 2 or reference not in ("self", "torch"):
+        raise typer.BadParameter("give --artifact exactly twice, and --reference self or torch")
+    try:
+        http, grpc = parse_address(url, "http"), parse_address(grpc_url, "grpc")
+        opts = SoakOptions(swaps=swaps, concurrency=concurrency, request_s=request_s, label=label,
+                           swap=SwapOptions(grace_s=1.0, batching=BatchingOptions.model_validate_json(batching)))
+    except (ValidationError, EndpointError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    folder = out or get_settings().reports_dir / datetime.now(UTC).strftime("soak-%Y%m%d-%H%M%S")
+    try:
+        canary = soak_canary(http, model_dir, reference, opts.swap.pipeline_name)
+        result = run_soak(repository, (artifacts[0], artifacts[1]), model_dir, canary, http, grpc, opts, folder,
+                          progress=lambda r: console.print(r.model_dump_json()))
+    except (AsrOptimizeError, TransientError, ConnectionError) as exc:
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from exc
+    console.print(result.markdown())
+    if result.failed or result.promoted < len(result.swaps):
+        raise typer.Exit(EXIT_STAGE_FAILED)
+
+
+@app.command()
+def watch(
+    models: Annotated[list[str] | None, typer.Option("--model", help="hub id to watch (repeatable)")] = None,
+    store: Annotated[str | None, typer.Option(help="model store [default: ASR_OPTIMIZE_STORE or model_store]")] = None,
+) -> None:
+    """Check watched hub models for new revisions once (the nightly watcher's flow run); prints what it found."""
+    from flows.watch_upstream import DEFAULT_WATCHED, watch_upstream_flow
+
+    results = watch_upstream_flow(models=models or DEFAULT_WATCHED, store=store)
+    print(json.dumps([r.model_dump() for r in results]))
 
 
 @app.command()

@@ -16,15 +16,11 @@ and records it in the ``upstream--<model>`` pointer (with history), so the next 
 ``asr-optimize/prod`` deployment has a trigger on that event that passes ``revision`` as a parameter
 (see ``prefect.yaml``). A sha the store already knows emits nothing.
 
-    python -m flows.watch_upstream --model ai4bharat/indicwav2vec-hindi --store model_store
-
-(run it as a module from the repo root: as a script, ``flows/`` would shadow the ``asr_optimize`` package).
+    asr-optimize watch --model ai4bharat/indicwav2vec-hindi --store model_store
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from collections.abc import Callable
 from typing import Any, Literal
@@ -138,18 +134,3 @@ def watch_upstream_flow(models: list[str] | None = None, store: str | None = Non
     if errors:
         raise AsrOptimizeError("; ".join(f"{r.model}: {r.reason}" for r in errors))
     return results
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Check watched hub models for new revisions (one flow run).")
-    parser.add_argument("--model", action="append", dest="models", help="hub id to watch (repeatable)")
-    parser.add_argument("--store", default=None, help="model store: folder, s3://bucket/prefix or block:NAME "
-                        "(default: ASR_OPTIMIZE_STORE or model_store)")
-    args = parser.parse_args(argv)
-    results = watch_upstream_flow(models=args.models or DEFAULT_WATCHED, store=args.store)
-    print(json.dumps([r.model_dump() for r in results]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

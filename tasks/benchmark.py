@@ -17,6 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 from rich.progress import Progress
 
+from asr_optimize import defaults
 from asr_optimize.audio.load import make_batch, synthetic_audio
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 from asr_optimize.runners.registry import RunnerSpec, baseline_label, build_runner
@@ -53,11 +54,10 @@ class BenchCase(BaseModel):
 
 
 class BenchmarkOptions(BaseModel):
-    cases: list[BenchCase] = Field(default_factory=lambda: [
-        BenchCase(batch=1, seconds=1), BenchCase(batch=1, seconds=5), BenchCase(batch=4, seconds=5)], min_length=1)
-    warmup: int = Field(3, ge=0)
-    iterations: int = Field(20, ge=1)
-    max_seconds_per_case: float = Field(30.0, gt=0)
+    cases: list[BenchCase] = Field(default_factory=lambda: BenchCase.parse_list(defaults.BENCH_CASES), min_length=1)
+    warmup: int = Field(defaults.BENCH_WARMUP, ge=0)
+    iterations: int = Field(defaults.BENCH_ITERATIONS, ge=1)
+    max_seconds_per_case: float = Field(defaults.BENCH_MAX_SECONDS_PER_CASE, gt=0)
     chunking: ChunkingOptions = Field(default_factory=ChunkingOptions)
     """Cases longer than ``chunking.chunk_s`` are long-form: timed end to end through chunked transcription."""
 

@@ -24,7 +24,8 @@ from typing import Any, Generic, Literal, TypeVar
 from pydantic import BaseModel, Field
 
 import asr_optimize
-from asr_optimize.errors import TransientError
+from asr_optimize.errors import NoSpaceError, StoreError, TransientError
+from asr_optimize.fileio import disk_full_cause
 from asr_optimize.hashing import stable_hash
 from asr_optimize.model.source import ResolvedModel
 from asr_optimize.store.local import ArtifactRef, ArtifactStore, Manifest, runtime_environment
@@ -187,7 +188,16 @@ def run_cached_stage(
                            key=key, metrics=found.manifest.metrics)
     start = time.perf_counter()
     with store.staging() as scratch:
-        metrics = build(scratch)
+        try:
+            metrics = build(scratch)
+        except Exception as exc:  # a full disk mid-build: a clear StoreError naming the folder, not a raw OSError
+            if isinstance(exc, StoreError) or (cause := disk_full_cause(exc)) is None:
+                raise
+            raise NoSpaceError(
+                f"{stage}: no space left on the disk holding {scratch.parent} while building the artifact in "
+                f"{scratch} ({type(cause).__name__}: {cause}); nothing was published: free space there or point the "
+                "store (and TMPDIR for S3 stores) at a larger disk, then rerun"
+            ) from exc
         seconds = round(time.perf_counter() - start, 3)
         manifest = Manifest(
             ref=ref, source_model=model.source, source_revision=model.revision, params=params, inputs=inputs,

@@ -23,6 +23,7 @@ from asr_optimize.settings import get_settings
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.health import health_check as run_health_check
 from asr_optimize.triton.hotswap import CanarySet, SwapDecision, SwapOptions, hot_swap
+from asr_optimize.triton.names import repo_path
 from tasks.common import StageResult, get_logger, in_prefect_run, skipped, stage_task
 from tasks.promote import PromotionDecision
 
@@ -102,7 +103,7 @@ def deploy(
         stage=STAGE,
         status="ok" if decision.promoted else "failed",
         reason=None if decision.promoted else decision.summary(),
-        artifact_dir=repository / opts.model_name / str(serving) if serving else None,
+        artifact_dir=repo_path(repository, opts.model_name, serving) if serving else None,
         location=f"{url}/v2/models/{opts.pipeline_name}",
         metrics={
             "action": decision.action,

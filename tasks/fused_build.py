@@ -10,7 +10,7 @@ ship is decided like every other backend's: by the benchmark and the accuracy ga
 from __future__ import annotations
 
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -25,13 +25,31 @@ STAGE = "fused-engine"
 
 
 class FusedBuildOptions(BaseModel):
+    model_config = {"extra": "forbid"}
+
     enabled: bool = True
     precisions: list[Literal["fp16", "fp8"]] = Field(default_factory=lambda: ["fp16", "fp8"])
     calibration_utterances: int = Field(32, ge=1)  # fp8 activation scales come from this much real speech
 
 
+class FusedEngineRecord(BaseModel):
+    """One precision's outcome: its engine folder and store identity, or why it failed."""
+
+    status: str
+    dir: str | None = None
+    location: str | None = None
+    key: str | None = None
+    reason: str | None = None
+
+
+class FusedEngines(BaseModel):
+    """The stage's typed output: one record per precision built."""
+
+    engines: dict[str, FusedEngineRecord] = Field(default_factory=dict)
+
+
 def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedBuildOptions, device: str,
-                        calibration_waves: list[np.ndarray]) -> StageResult:
+                        calibration_waves: list[np.ndarray]) -> StageResult[FusedEngines]:
     """Build (or reuse) one engine folder per precision; one precision failing does not cost the others."""
     if not opts.enabled:
         return skipped(STAGE, "disabled (options.fused.enabled = false)")
@@ -45,7 +63,7 @@ def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedB
     start = time.perf_counter()
     waves = calibration_waves[: opts.calibration_utterances]
     calibration_device = "cuda" if torch.cuda.is_available() else "cpu"  # the scales do not depend on it
-    engines: dict[str, dict[str, Any]] = {}
+    engines: dict[str, FusedEngineRecord] = {}
     for precision in opts.precisions:
         engine_opts = FusedEngineOptions(precision=precision, calibration_utterances=opts.calibration_utterances,
                                          calibration_device=calibration_device)
@@ -55,25 +73,27 @@ def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedB
                 {"model": model.revision, "calibration_audio": hash_waves(waves) if precision == "fp8" else ""},
                 lambda out, o=engine_opts: build_fused_engine(model.local_dir, out, o, waves),
             )
-            engines[precision] = {"status": result.status, "dir": str(result.artifact_dir),
-                                  "location": result.location, "key": result.key}
+            engines[precision] = FusedEngineRecord(status=result.status, dir=str(result.artifact_dir),
+                                                   location=result.location, key=result.key)
         except Exception as exc:  # e.g. an architecture the engine does not cover: recorded, the run goes on
             log.error("%s: %s failed: %s: %s", STAGE, precision, type(exc).__name__, exc)
-            engines[precision] = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc)[:500]}"}
-    failed = {p: e["reason"] for p, e in engines.items() if e["status"] == "failed"}
-    statuses = {e["status"] for e in engines.values()}
+            engines[precision] = FusedEngineRecord(status="failed", reason=f"{type(exc).__name__}: {str(exc)[:500]}")
+    failed = {p: e.reason for p, e in engines.items() if e.status == "failed"}
+    statuses = {e.status for e in engines.values()}
     status = "failed" if len(failed) == len(engines) else ("cached" if statuses == {"cached"} else "ok")
     return StageResult(stage=STAGE, status=status, seconds=round(time.perf_counter() - start, 3),
                        reason="; ".join(f"{p} failed: {r}" for p, r in failed.items()) or None,
-                       metrics={"engines": engines})
+                       metrics={"engines": {p: e.model_dump(exclude_none=True) for p, e in engines.items()}},
+                       output=FusedEngines(engines=engines))
 
 
-def fused_runner_specs(result: StageResult) -> list[RunnerSpec]:
+def fused_runner_specs(result: StageResult[FusedEngines]) -> list[RunnerSpec]:
     """Runner specs (kind ``fused``, CUDA graphs per length bucket) for every engine the stage produced."""
+    engines = result.output.engines if result.output else {}
     return [
-        RunnerSpec(kind="fused", variant="engine+graphs", precision=precision, device="cuda", path=info["dir"],
-                   artifact=f"fused-{precision}:{info.get('key')}")
-        for precision, info in result.metrics.get("engines", {}).items() if info.get("dir")
+        RunnerSpec(kind="fused", variant="engine+graphs", precision=precision, device="cuda", path=record.dir,
+                   artifact=f"fused-{precision}:{record.key}")
+        for precision, record in engines.items() if record.dir
     ]
 
 

@@ -5,8 +5,7 @@ vocabulary (made at test time); ONNX exports of it and of the bundled demo model
 
 ``@pytest.mark.requires("name", ...)``: the test runs only where every named requirement is met, else it is skipped
 with ``needs <name>: <reason>``. The names and their probes are in ``tests/support/capabilities.py`` (``cuda``,
-``tensorrt``, ``tritonserver``, ``espeak-ng``, ``non-root``, ...); an unknown name is a usage error. The older
-``@pytest.mark.triton`` is kept as an alias of ``requires("tritonserver")``.
+``tensorrt``, ``tritonserver``, ``espeak-ng``, ``non-root``, ...); an unknown name is a usage error.
 """
 
 from __future__ import annotations
@@ -37,8 +36,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 raise pytest.UsageError(f"{item.nodeid}: requires() takes names out of {sorted(capabilities.PROBES)}, "
                                         f"got {mark.args!r} {mark.kwargs or ''}")
             needs += mark.args
-        if item.get_closest_marker("triton") is not None:
-            needs.append("tritonserver")
         for name in dict.fromkeys(needs):
             if (reason := capabilities.missing(name)) is not None:
                 item.add_marker(pytest.mark.skip(reason=f"needs {name}: {reason}"))

@@ -7,13 +7,12 @@ samples. Without the mask, padding changes the logits of the shorter utterances.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from asr_optimize.audio.decode import AudioDecodeError, read_audio
+from asr_optimize.audio.decode import AudioDecodeError, decode_soundfile, read_audio
 from asr_optimize.errors import AudioInputError
 
 SAMPLE_RATE = 16_000
@@ -87,7 +86,6 @@ def synthetic_audio(batch: int, seconds: float, seed: int = 0) -> list[np.ndarra
 
 
 AUDIO_FILE_TYPES = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus")
-_READ_BLOCK = 1 << 18  # frames per block: bounded memory while downmixing long multichannel files
 
 
 def first_nonfinite_offset(wave: np.ndarray, block: int = 1 << 20) -> int | None:
@@ -126,12 +124,12 @@ def load_audio_file(path: Path | str, max_duration_s: float | None = None) -> np
     """Any WAV/FLAC/MP3/OGG file -> 16 kHz mono float32 (channels averaged, polyphase resampling).
 
     Why a second loader next to ``load_audio``: long recordings. The header is checked against ``max_duration_s``
-    before any sample is read, the file is downmixed block by block (a 30-minute 44.1 kHz stereo file never
-    exists as one float array), and a NaN/inf sample is reported with its time offset. Every failure is an
-    ``AudioInputError`` naming the file.
+    before any sample is read, and so is ``duration x rate x channels`` (a 4 KB sparse WAV claiming hours at 384 kHz
+    is refused, naming its duration and rate); the file is downmixed and resampled block by block (a 30-minute
+    44.1 kHz stereo file never exists as one float array), and a NaN/inf sample is reported with its time offset.
+    Every failure is an ``AudioInputError`` naming the file.
     """
     import soundfile as sf
-    from scipy.signal import resample_poly
 
     path = Path(path)
     duration, rate, _ = audio_file_info(path)
@@ -140,33 +138,26 @@ def load_audio_file(path: Path | str, max_duration_s: float | None = None) -> np
             f"{path}: {format_offset(duration)} of audio is longer than the limit max_duration_s={max_duration_s:g} s "
             f"({max_duration_s / 3600:g} h); split the file or raise max_duration_s"
         )
-    blocks: list[np.ndarray] = []
-    done = 0
-    try:
+
+    def check_block(mono: np.ndarray, first: int) -> None:
+        bad = first_nonfinite_offset(mono)
+        if bad is not None:
+            raise AudioInputError(
+                f"{path}: NaN or infinite sample at {format_offset((first + bad) / rate)} "
+                f"(sample {first + bad} at {rate} Hz); the file is damaged"
+            )
+
+    try:  # header limits (duration x rate x channels), then decode + resample block by block: bounded memory
         with sf.SoundFile(str(path)) as fh:
-            for block in fh.blocks(blocksize=_READ_BLOCK, dtype="float32", always_2d=True):
-                mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0].copy()
-                bad = first_nonfinite_offset(mono)
-                if bad is not None:
-                    raise AudioInputError(
-                        f"{path}: NaN or infinite sample at {format_offset((done + bad) / rate)} "
-                        f"(sample {done + bad} at {rate} Hz); the file is damaged"
-                    )
-                blocks.append(mono)
-                done += mono.size
+            wave = decode_soundfile(fh, str(path), SAMPLE_RATE, max_duration_s, check_block)
     except AudioInputError:
         raise
+    except AudioDecodeError as exc:
+        raise AudioInputError(str(exc) if str(path) in str(exc) else f"{path}: {exc}") from None
     except Exception as exc:
         raise AudioInputError(f"{path}: unreadable or corrupt audio file ({exc})") from exc
-    wave = np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
-    del blocks
-    if max_duration_s is not None and wave.size / rate > max_duration_s:  # headers of some MP3s under-report
-        raise AudioInputError(f"{path}: longer than the limit max_duration_s={max_duration_s:g} s; split the file")
     if wave.size == 0:
         raise AudioInputError(f"{path}: empty audio (0 samples)")
-    if rate != SAMPLE_RATE:
-        g = math.gcd(rate, SAMPLE_RATE)
-        wave = resample_poly(wave, SAMPLE_RATE // g, rate // g).astype(np.float32, copy=False)
     if wave.size < 400:
         raise AudioInputError(f"{path}: {wave.size} samples at 16 kHz is shorter than one wav2vec2 frame (25 ms)")
     return np.ascontiguousarray(wave, dtype=np.float32)

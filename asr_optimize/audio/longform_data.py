@@ -14,7 +14,7 @@ from typing import Protocol
 import numpy as np
 
 GAP_S = 0.25
-"""Silence between utterances (digital zeros), as in the measurements of issue #14."""
+"""Silence between utterances (digital zeros), as in the long-form measurements of docs/long-form.md."""
 SAMPLE_RATE = 16_000
 
 

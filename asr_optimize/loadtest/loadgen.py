@@ -1,15 +1,15 @@
 """``serve-bench``: a concurrency sweep against a Triton endpoint, through the ``asr`` pipeline and the acoustic model.
 
-Why a load generator lives here: Triton's own ``perf_analyzer`` is not installable on our machines (the registry's
-``perf-analyzer`` wheel is a 0.1.0 stub without the binary, and the SDK container cannot be pulled), so this module
-follows perf_analyzer's *concurrency mode* with ``tritonclient.grpc.aio``: exactly N requests are kept in flight
-(each of N workers sends its next request as soon as the previous one returns); time is cut into measurement windows
-(``window_s``, perf_analyzer's ``--measurement-interval``); measuring stops once the last ``stable_windows`` (3)
-windows agree within ``stability`` (10%) on throughput and mean latency (``--stability-percentage``), or after
-``max_windows`` (``--max-trials``) or ``max_level_s``; the stable windows are reported. Each level also reads
-Triton's statistics API (``get_inference_statistics``) at the window edges, so the server-side queue time and
-compute time (input + infer + output) per request, and the acoustic model's average batch size (dynamic batching
-at work), come from the server itself.
+Why a load generator of its own beside Triton's ``perf_analyzer``: it checks transcripts, runs during swaps and reads
+the server's statistics per window, which perf_analyzer does not. It follows perf_analyzer's *concurrency mode* with
+``tritonclient.grpc.aio``: exactly N requests are kept in flight (each of N workers sends its next request as soon as
+the previous one returns); time is cut into measurement windows (``window_s``, perf_analyzer's ``--measurement-
+interval``); measuring stops once the last ``stable_windows`` (3) windows agree within ``stability`` (10%) on
+throughput and mean latency (``--stability-percentage``), or after ``max_windows`` (``--max-trials``) or
+``max_level_s``; the stable windows are reported. Each level also reads Triton's statistics API
+(``get_inference_statistics``) at the window edges, so the server-side queue time and compute time (input + infer +
+output) per request, and the acoustic model's average batch size (dynamic batching at work), come from the server
+itself.
 
 Per (target, request length, concurrency): requests/s, x real time (audio seconds served per second), client p50/p90/
 p99, server queue vs compute, failed requests. Output: ``ServeBenchResult`` (pydantic), CSV, altair charts (PNG +
@@ -19,15 +19,13 @@ weights) must be labelled ``speed_only``: their transcripts are meaningless, onl
 With ``processes`` > 1 a level's workers run in that many child processes (each with its own gRPC client) that stream
 their records to this one, which keeps the windows and the statistics.
 
-``python -m asr_optimize.loadtest.loadgen --url 127.0.0.1:8001 --concurrency 1 4 16 64 --durations 1 10 --out DIR``
+``asr-optimize serve-bench --url 127.0.0.1:8001 --concurrency 1,4,16,64 --durations 1,10 --out DIR``
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import csv
-import json
 import multiprocessing
 import queue
 import statistics
@@ -41,36 +39,42 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from asr_optimize import defaults
 from asr_optimize.loadtest.charts import markdown_table, save_chart
 from asr_optimize.model.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.triton import auth
+from asr_optimize.triton.names import TritonModelName
 from asr_optimize.triton.repository import DEFAULT_MODEL_NAME, DEFAULT_PIPELINE_NAME
 
 Target = Literal["pipeline", "acoustic"]
 
 
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
 class ServeBenchOptions(BaseModel):
     """The sweep and perf_analyzer-style measurement settings."""
 
-    concurrency: list[int] = Field(default_factory=lambda: [1, 4, 16, 64])
-    targets: list[Target] = Field(default_factory=lambda: ["pipeline", "acoustic"])
+    concurrency: list[int] = Field(default_factory=lambda: _ints(defaults.SERVE_CONCURRENCY), min_length=1)
+    targets: list[Target] = Field(default_factory=lambda: defaults.SERVE_TARGETS.split(","), min_length=1)
     durations_s: list[float] | None = None
     """Request lengths: each utterance is tiled/cropped to exactly this many seconds. None: utterances as they are."""
-    window_s: float = Field(5.0, gt=0)
+    window_s: float = Field(defaults.SERVE_WINDOW_S, gt=0)
     """Measurement window (perf_analyzer's default measurement interval is 5 s)."""
-    stability: float = Field(0.10, gt=0)
-    stable_windows: int = Field(3, ge=1)
-    max_windows: int = Field(10, ge=1)
-    min_window_requests: int = Field(5, ge=1)
+    stability: float = Field(defaults.SERVE_STABILITY, gt=0)
+    stable_windows: int = Field(defaults.SERVE_STABLE_WINDOWS, ge=1)
+    max_windows: int = Field(defaults.SERVE_MAX_WINDOWS, ge=1)
+    min_window_requests: int = Field(defaults.SERVE_MIN_WINDOW_REQUESTS, ge=1)
     """A window is stretched (up to 10 x ``window_s``) until this many requests completed in it."""
-    max_level_s: float = Field(120.0, gt=0)
-    request_timeout_s: float = Field(60.0, gt=0)
-    processes: int = Field(1, ge=1)
+    max_level_s: float = Field(defaults.SERVE_MAX_LEVEL_S, gt=0)
+    request_timeout_s: float = Field(defaults.SERVE_REQUEST_TIMEOUT_S, gt=0)
+    processes: int = Field(defaults.SERVE_PROCESSES, ge=1)
     """Load-generator processes per level; a level's N in-flight requests are split between them. Why: one Python
     process driving gRPC became a limit at high concurrency on the H100 host (two processes at 32 each served 17-33 %
     more than one at 64). Records from every process share the system-wide monotonic clock."""
-    model_name: str = DEFAULT_MODEL_NAME
-    pipeline_name: str = DEFAULT_PIPELINE_NAME
+    model_name: TritonModelName = DEFAULT_MODEL_NAME
+    pipeline_name: TritonModelName = DEFAULT_PIPELINE_NAME
     acoustic_version: str = ""
     """Acoustic version for the acoustic-only target ('' = Triton's default, the highest loaded)."""
     label: str = ""
@@ -676,34 +680,3 @@ class BackgroundLoad:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", required=True, help="Triton gRPC host:port")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
-    parser.add_argument("--targets", nargs="+", default=["pipeline", "acoustic"], choices=["pipeline", "acoustic"])
-    parser.add_argument("--durations", type=float, nargs="*", default=None, help="request lengths in seconds")
-    parser.add_argument("--window-s", type=float, default=5.0)
-    parser.add_argument("--max-windows", type=int, default=10)
-    parser.add_argument("--utterances", type=int, default=16, help="demo test-set utterances to cycle through")
-    parser.add_argument("--label", default="")
-    parser.add_argument("--speed-only", action="store_true")
-    parser.add_argument("--processes", type=int, default=1, help="load-generator processes per level")
-    parser.add_argument("--device", default="")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    opts = ServeBenchOptions(concurrency=args.concurrency, targets=args.targets, durations_s=args.durations or None,
-                             window_s=args.window_s, max_windows=args.max_windows, label=args.label,
-                             speed_only=args.speed_only, processes=args.processes)
-
-    def show(row: LevelResult) -> None:
-        print(json.dumps({k: v for k, v in row.model_dump().items() if k != "errors"}), flush=True)
-
-    result = serve_bench(args.url, demo_audio(args.utterances), opts, args.out, device=args.device, progress=show)
-    print(result.markdown())
-    return 1 if result.failed else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

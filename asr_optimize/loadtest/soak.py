@@ -1,26 +1,26 @@
 """Reload soak: N hot-swaps between two artifacts under continuous load, with GPU memory after every swap.
 
-Why (issue #15, item 4): a nightly swap must not disturb traffic, and Triton users report GPU memory growing across
+Why: a nightly swap must not disturb traffic, and Triton users report GPU memory growing across
 model reloads (triton-inference-server issues #4528, #4966, #7727). ``soak`` keeps ``concurrency`` ``asr`` requests in
 flight (gRPC) the whole time and swaps A -> B -> A ... through the real ``hot_swap`` (canary, promote, retire), then
 reports failed requests, p99 of requests that overlapped a swap vs steady state, whether any answer changed, and the
 GPU memory in use after every swap (pynvml / nvidia-smi; "n/a on CPU" without a GPU).
 
-``python -m asr_optimize.loadtest.soak --repository R --http-url H --grpc-url G --model-dir M --artifacts A B --out D``
+``asr-optimize soak --repository R --url H --model-dir M --artifacts A B --out D``
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from asr_optimize import defaults
 from asr_optimize.loadtest.charts import markdown_table, save_chart
 from asr_optimize.loadtest.loadgen import BackgroundLoad, RequestRecord, fit_duration
 from asr_optimize.triton.gpu_memory import gpu_memory
@@ -30,8 +30,8 @@ CPU_NOTE = "n/a on CPU"
 
 
 class SoakOptions(BaseModel):
-    swaps: int = Field(20, ge=1)
-    concurrency: int = Field(4, ge=1)
+    swaps: int = Field(defaults.SOAK_SWAPS, ge=1)
+    concurrency: int = Field(defaults.SOAK_CONCURRENCY, ge=1)
     steady_s: float = Field(5.0, ge=0)
     """Load before the first swap and after the last one (the steady-state sample)."""
     pause_s: float = Field(1.0, ge=0)
@@ -224,44 +224,21 @@ def soak(
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def soak_canary(http_url: str, model_dir: Path, reference: Literal["self", "torch"] = "self",
+                pipeline_name: str = defaults.TRITON_PIPELINE_NAME, utterances: int = 8) -> CanarySet:
+    """Canary utterances from the demo test set with reference transcripts: what Triton answers now (``self``: for
+    random-weight speed runs, where only "unchanged" matters) or the PyTorch fp32 model (``torch``)."""
     from asr_optimize.quality.eval_sets import EvalSource, load_eval_set
-    from asr_optimize.triton.repository import BatchingOptions
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, required=True)
-    parser.add_argument("--http-url", required=True)
-    parser.add_argument("--grpc-url", required=True)
-    parser.add_argument("--model-dir", type=Path, required=True, help="the model folder (vocabulary, config)")
-    parser.add_argument("--artifacts", type=Path, nargs=2, required=True)
-    parser.add_argument("--reference", choices=["self", "torch"], default="self",
-                        help="canary reference: 'self' = what Triton answers now (random-weight speed runs)")
-    parser.add_argument("--swaps", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--request-s", type=float, default=None)
-    parser.add_argument("--batching", default="{}", help="BatchingOptions as JSON: must match the repository's")
-    parser.add_argument("--label", default="")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    utts = load_eval_set(EvalSource(max_samples=8)).utterances
+    utts = load_eval_set(EvalSource(max_samples=utterances)).utterances
     waves = [u.audio for u in utts]
-    if args.reference == "torch":
+    if reference == "torch":
         from asr_optimize.runners.torch_runner import TorchRunner
         from asr_optimize.transcribe import transcribe
 
-        reference, _ = transcribe(TorchRunner(args.model_dir), waves, args.model_dir)
+        texts, _ = transcribe(TorchRunner(model_dir), waves, model_dir)
     else:
         from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
 
-        reference = pipeline_transcribe(http_client(args.http_url), SwapOptions().pipeline_name, waves)
-    canary = CanarySet([u.id for u in utts], waves, list(reference), None)
-    opts = SoakOptions(swaps=args.swaps, concurrency=args.concurrency, request_s=args.request_s, label=args.label,
-                       swap=SwapOptions(grace_s=1.0, batching=BatchingOptions.model_validate_json(args.batching)))
-    result = soak(args.repository, (args.artifacts[0], args.artifacts[1]), args.model_dir, canary, args.http_url,
-                  args.grpc_url, opts, args.out, progress=lambda r: print(r.model_dump_json(), flush=True))
-    print(result.markdown())
-    return 1 if result.failed or result.promoted < len(result.swaps) else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        texts = pipeline_transcribe(http_client(http_url), pipeline_name, waves)
+    return CanarySet([u.id for u in utts], waves, list(texts), None)

@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from asr_optimize.errors import ModelResolutionError
 
 SPECIAL_TOKENS = {"<s>", "</s>", "<unk>", "<pad>"}
 
@@ -25,16 +28,88 @@ class CtcVocabulary:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path) -> CtcVocabulary:
-        vocab: dict[str, int] = json.loads((model_dir / "vocab.json").read_text(encoding="utf-8"))
-        if vocab and isinstance(next(iter(vocab.values())), dict):  # multilingual layout: {lang: {tok: id}}
-            vocab = next(iter(vocab.values()))
+        """The vocabulary of a model folder, refused (``ModelResolutionError``) unless it matches the CTC head.
+
+        The head has ``config.vocab_size`` outputs and output ``i`` means token id ``i``: the ids must be exactly
+        ``0..vocab_size-1``. A shorter or sparse vocabulary is never padded (that decodes to the wrong letters).
+        """
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        size = max(config.get("vocab_size", 0), max(vocab.values()) + 1)
-        tokens = [""] * size
+        if not isinstance(config, dict):
+            raise ModelResolutionError(f"{model_dir}/config.json is not a JSON object: not a model config")
+        vocab = read_vocabulary(model_dir, config)
+        tokens = [""] * len(vocab)
         for token, index in vocab.items():
             tokens[index] = token
-        blank = config.get("pad_token_id", vocab.get("<pad>", 0))
-        return cls(tokens=tuple(tokens), blank_id=int(blank))
+        return cls(tokens=tuple(tokens), blank_id=blank_id(vocab, config, model_dir))
+
+
+MAX_VOCAB_SIZE = 100_000
+"""Far above any CTC alphabet (characters or subwords); a larger table is a broken or hostile vocabulary."""
+
+
+def _vocab_error(model_dir: Path, message: str) -> ModelResolutionError:
+    return ModelResolutionError(f"{model_dir}: {message}; a CTC model's vocab.json must map every output of its head "
+                                "to one token (ids 0..vocab_size-1): fix vocab.json or config.json")
+
+
+def read_vocabulary(model_dir: Path, config: dict[str, Any]) -> dict[str, int]:
+    """vocab.json (plus added_tokens.json) as token -> id, checked against the head: ``len == config.vocab_size``,
+    ids exactly ``0..N-1`` (dense, each once), at most ``MAX_VOCAB_SIZE`` entries."""
+    path = model_dir / "vocab.json"
+    try:
+        vocab = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelResolutionError(f"{model_dir} has no vocab.json: a CTC model needs its vocabulary") from None
+    except (OSError, ValueError) as exc:
+        raise ModelResolutionError(f"{path} is unreadable or not JSON: {exc}") from None
+    if isinstance(vocab, dict) and vocab and all(isinstance(v, dict) for v in vocab.values()):
+        vocab = next(iter(vocab.values()))  # multilingual layout: {lang: {token: id}}
+    if not isinstance(vocab, dict) or not vocab:
+        raise _vocab_error(model_dir, "vocab.json is not a non-empty JSON object of token -> id")
+    added = model_dir / "added_tokens.json"
+    if added.is_file():
+        try:
+            extra = json.loads(added.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelResolutionError(f"{added} is unreadable or not JSON: {exc}") from None
+        if not isinstance(extra, dict):
+            raise _vocab_error(model_dir, "added_tokens.json is not a JSON object of token -> id")
+        vocab = {**extra, **vocab}
+    if len(vocab) > MAX_VOCAB_SIZE:
+        raise _vocab_error(model_dir, f"vocab.json has {len(vocab):,} entries, more than the {MAX_VOCAB_SIZE:,} "
+                                      "this tool accepts")
+    bad = [t for t, i in vocab.items() if isinstance(i, bool) or not isinstance(i, int)]
+    if bad:
+        raise _vocab_error(model_dir, f"token {bad[0]!r} has id {vocab[bad[0]]!r}, not a whole number")
+    n = len(vocab)
+    ids = set(vocab.values())
+    if len(ids) != n:
+        seen: dict[int, str] = {}
+        twice = next((t, seen[i]) for t, i in vocab.items() if seen.setdefault(i, t) != t)
+        raise _vocab_error(model_dir, f"tokens {twice[1]!r} and {twice[0]!r} share id {vocab[twice[0]]}")
+    if min(ids) != 0 or max(ids) != n - 1:
+        gap = next((i for i in range(n) if i not in ids), n)
+        raise _vocab_error(model_dir, f"the {n} token ids are not dense: they run from {min(ids)} to {max(ids)} "
+                                      f"(id {gap} is missing)")
+    size = config.get("vocab_size")
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise _vocab_error(model_dir, f"config.json vocab_size is {size!r}, not a whole number")
+    if size != n:
+        raise _vocab_error(model_dir, f"vocab.json has {n} tokens but config.json vocab_size (the CTC head's "
+                                      f"outputs) is {size}")
+    return vocab
+
+
+def blank_id(vocab: dict[str, int], config: dict[str, Any], model_dir: Path) -> int:
+    """The CTC blank: ``config.pad_token_id``, else the ``<pad>`` token; refused when neither names a token."""
+    blank = config.get("pad_token_id")
+    if blank is None:
+        blank = vocab.get("<pad>")
+    if isinstance(blank, bool) or not isinstance(blank, int) or not 0 <= blank < len(vocab):
+        raise _vocab_error(model_dir, f"no CTC blank token: config.json pad_token_id is "
+                                      f"{config.get('pad_token_id')!r} and vocab.json has no '<pad>' inside "
+                                      f"0..{len(vocab) - 1}")
+    return blank
 
 
 def conv_output_length(lengths: np.ndarray, kernels: list[int], strides: list[int]) -> np.ndarray:

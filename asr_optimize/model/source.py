@@ -18,8 +18,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from asr_optimize.errors import ModelResolutionError, TransientError, UnsupportedModelError
+from asr_optimize.errors import ModelResolutionError, TransientError, UnsafePathError, UnsupportedModelError
+from asr_optimize.fileio import safe_join
 from asr_optimize.hashing import sha256_tree
+from asr_optimize.model.ctc import MAX_VOCAB_SIZE, blank_id, read_vocabulary
 from asr_optimize.settings import get_settings
 from asr_optimize.store.local import slugify_model
 
@@ -95,14 +97,78 @@ def check_ctc_model(model_dir: Path, require_weights: bool = True) -> str:
             f"{config.get('model_type')!r}) is not a supported CTC model; expected one of "
             f"{sorted(SUPPORTED_ARCHITECTURES)}"
         )
+    check_config_sizes(config, model_dir)  # before anything is built from it: a hostile size fails in milliseconds
     if require_weights and not any((model_dir / name).is_file() for name in WEIGHT_FILES):
         raise ModelResolutionError(
             f"{model_dir} has no weights (model.safetensors or pytorch_model.bin); for a config-only "
             "folder such as the replica architecture use `asr-optimize init-random`"
         )
-    if not (model_dir / "vocab.json").is_file():
-        raise ModelResolutionError(f"{model_dir} has no vocab.json: a CTC model needs its vocabulary")
+    vocab = read_vocabulary(model_dir, config)  # len == vocab_size, ids 0..N-1: never padded, refused
+    blank_id(vocab, config, model_dir)
+    head = head_outputs(model_dir)
+    if head is not None and head != len(vocab):
+        raise ModelResolutionError(
+            f"{model_dir}: the CTC head (lm_head.weight) has {head} outputs, but vocab.json and config.json "
+            f"vocab_size have {len(vocab)} tokens: every output would decode to the wrong letter; use the vocabulary "
+            "the model was trained with"
+        )
     return supported[0]
+
+
+CONFIG_LIMITS = {
+    "num_hidden_layers": 256, "hidden_size": 16384, "intermediate_size": 65536, "num_attention_heads": 1024,
+    "vocab_size": MAX_VOCAB_SIZE, "num_conv_pos_embeddings": 4096, "num_conv_pos_embedding_groups": 1024,
+    "num_feat_extract_layers": 64, "output_hidden_size": 16384, "num_adapter_layers": 64,
+}
+"""Upper bounds on a config's sizes, each far above any real wav2vec2-style model (XLS-R 2B: 48 layers, 1920 wide).
+A config beyond them is corrupt or hostile: ``num_hidden_layers: 100000`` would allocate for many minutes first."""
+CONFIG_LIST_LIMITS = {"conv_dim": 16384, "conv_kernel": 4096, "conv_stride": 4096}
+MAX_CONV_LAYERS = 64
+
+
+def check_config_sizes(config: dict[str, Any], where: Path | str) -> None:
+    """Refuse a config whose sizes are not positive whole numbers within ``CONFIG_LIMITS`` (before any build)."""
+    def bad(key: str, value: Any, limit: int) -> ModelResolutionError:
+        return ModelResolutionError(
+            f"{where}: config.json {key} is {value!r}; expected a whole number from 1 to {limit:,} (beyond that the "
+            "config is corrupt, and building the model would exhaust memory before failing): fix config.json"
+        )
+
+    def whole(value: Any, limit: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= limit
+
+    for key, limit in CONFIG_LIMITS.items():
+        if key in config and config[key] is not None and not whole(config[key], limit):
+            raise bad(key, config[key], limit)
+    for key, limit in CONFIG_LIST_LIMITS.items():
+        values = config.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, list) or not 1 <= len(values) <= MAX_CONV_LAYERS:
+            raise ModelResolutionError(f"{where}: config.json {key} must be a list of 1 to {MAX_CONV_LAYERS} "
+                                       f"whole numbers, got {str(values)[:80]}")
+        for value in values:
+            if not whole(value, limit):
+                raise bad(f"{key} entry", value, limit)
+
+
+def head_outputs(model_dir: Path) -> int | None:
+    """Rows of ``lm_head.weight`` read from the safetensors header (no tensor is loaded); None when unknown
+    (``pytorch_model.bin``, no head, an unreadable header: loading the weights reports those)."""
+    try:
+        path = model_dir / "model.safetensors"
+        if not path.is_file():
+            index = json.loads((model_dir / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            path = safe_join(model_dir, str(index["weight_map"]["lm_head.weight"]))
+        with open(path, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if not 0 < length <= 100 * 1024 * 1024:
+                return None
+            header = json.loads(handle.read(length))
+        shape = header["lm_head.weight"]["shape"]
+        return int(shape[0]) if isinstance(shape, list) and len(shape) == 2 else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, UnsafePathError):
+        return None
 
 
 def _resolve_hub(repo_id: str, revision: str | None, cache_dir: Path | None) -> tuple[Path, str]:
@@ -220,6 +286,20 @@ def load_processor(model_dir: Path) -> Any:
         return Wav2Vec2Processor(feature_extractor=extractor, tokenizer=tokenizer)
 
 
+SPEED_ONLY_KEY = "asr_optimize_speed_only"
+"""Written into the config.json of a random-weight model (``init_random_model``): its transcripts are meaningless, so
+the promotion gate's absolute WER ceiling (``GateThresholds.max_wer``) does not apply; parity with the reference
+still does."""
+
+
+def is_speed_only(model_dir: Path) -> bool:
+    """True for a random-weight model written by ``asr-optimize init-random`` (marked in its config.json)."""
+    try:
+        return read_config(Path(model_dir)).get(SPEED_ONLY_KEY) is True
+    except ModelResolutionError:
+        return False
+
+
 def init_random_model(config_dir: Path, out_dir: Path, seed: int = 0, overrides: dict | None = None) -> Path:
     """Write a randomly initialised model of the architecture in ``config_dir`` (speed work only).
 
@@ -231,11 +311,14 @@ def init_random_model(config_dir: Path, out_dir: Path, seed: int = 0, overrides:
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
     config_dict = {**read_config(config_dir), **(overrides or {})}
+    check_config_sizes(config_dict, config_dir)
     torch.manual_seed(seed)
     model = Wav2Vec2ForCTC(Wav2Vec2Config(**config_dict)).eval()
+    setattr(model.config, SPEED_ONLY_KEY, True)  # random weights: transcripts are meaningless (see is_speed_only)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
-    for name in ("vocab.json", "preprocessor_config.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in ("vocab.json", "added_tokens.json", "preprocessor_config.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):
         if (config_dir / name).is_file():
             shutil.copy(config_dir / name, out_dir / name)
     return out_dir

@@ -8,6 +8,7 @@ reads ``decision.passed``; the report prints ``decision.reasons``.
 Checks (all must pass; a missing measurement the thresholds ask for is a failure, never a pass):
 - same evaluation set size as the reference (otherwise the comparison is meaningless);
 - WER and CER no more than ``max_wer_delta`` / ``max_cer_delta`` (absolute fractions) above the reference;
+- WER at most ``max_wer`` (an absolute ceiling, whatever the reference scored);
 - at least ``min_identical_fraction`` of transcripts identical to the reference's (after normalization);
 - optional: CER of candidate transcripts vs reference transcripts, max |logit diff|;
 - optional latency: when the current production latency is given, the candidate must beat it.
@@ -28,6 +29,10 @@ class GateThresholds(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_wer_delta: float = Field(0.005, ge=0)
+    max_wer: float | None = Field(0.5, ge=0)
+    """Absolute ceiling: a candidate whose WER on the evaluation set is above it (0.5 = 50 %) is refused whatever the
+    reference scored. The deltas only compare with the reference, and a broken reference (a vocabulary that does not
+    match the CTC head: ~100 % WER) would wave every faithful copy of itself through. None: off."""
     max_cer_delta: float | None = Field(0.002, ge=0)
     """IndicWav2Vec's CER is ~1/3.5 of its WER (3.3% vs 11.6%), so 0.2 CER points ~ 0.5-0.7 WER points."""
     min_identical_fraction: float | None = Field(0.98, ge=0, le=1)
@@ -180,6 +185,26 @@ def evaluate_gate(
                 else f"), exceeds the allowed +{limit * 100:.2f} points"
             ),
         )
+
+    if t.max_wer is not None:
+        if not _finite(candidate.wer):
+            add("WER ceiling", False, None, t.max_wer, f"{c}: WER is not a finite number ({candidate.wer})")
+        else:
+            ok = candidate.wer <= t.max_wer + 1e-12
+            add(
+                "WER ceiling",
+                ok,
+                candidate.wer,
+                t.max_wer,
+                f"{c}: WER {candidate.wer:.2%} "
+                + (
+                    f"within the absolute ceiling max_wer {t.max_wer:.0%}"
+                    if ok
+                    else f"on the evaluation set ({candidate.n_utterances} utterances) exceeds the absolute ceiling "
+                    f"max_wer {t.max_wer:.0%}, whatever {r} scored ({reference.wer:.2%}): the model, its vocabulary "
+                    "or the evaluation set is broken"
+                ),
+            )
 
     if t.min_identical_fraction is not None:
         f = candidate.identical_fraction

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from asr_optimize import defaults
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 
 
@@ -20,7 +21,8 @@ class TritonRunner(Runner):
     backend = "triton"
 
     def __init__(
-        self, url: str, model_name: str = "wav2vec2_ctc", version: int | str | None = None, timeout_s: float = 60.0,
+        self, url: str, model_name: str = defaults.TRITON_MODEL_NAME, version: int | str | None = None,
+        timeout_s: float = 60.0,
         device: str = "server", precision: str = "fp32",
     ) -> None:
         try:

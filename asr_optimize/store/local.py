@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import stat
 import time
@@ -40,7 +41,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from asr_optimize import __version__
-from asr_optimize.errors import StoreError
+from asr_optimize.errors import StoreError, UnsafePathError
 from asr_optimize.fileio import (
     atomic_write_text,
     check_pointer_name,
@@ -112,24 +113,68 @@ class StoredArtifact(BaseModel):
         return self.local_dir / name
 
 
-def slugify_model(model: str) -> str:
-    """A filesystem- and S3-safe name for a model id, path or URI, independent of how a path is spelled.
+HUB_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?")
+"""One part of a hub id (owner or name): the hub forbids ``--`` and ``..`` in it, which keeps hub slugs unambiguous."""
 
-    ``./m``, ``m`` and ``/abs/m`` name one folder, so they share one slug (and one production pointer); hub ids and
-    ``s3://`` URIs are used as written. The slug is one path segment that is never ``.`` or ``..``.
-    """
+
+def is_hub_id(text: str) -> bool:
+    """``owner/name`` as ``resolve_model`` reads it (when no such local folder exists)."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
+def model_identity(model: str) -> str:
+    """The normalized, kind-qualified identity of a model source: ``hub:owner/name``, ``dir:/real/path`` or
+    ``s3://bucket/key``. ``./m``, ``m`` and ``/abs/m`` (one folder) share one identity; a hub id and a folder of the
+    same spelling do not (an existing folder wins, as in ``resolve_model``)."""
     text = str(model).strip()
-    if not text.startswith("s3://"):
-        with contextlib.suppress(OSError, RuntimeError):
-            if Path(text).expanduser().exists():  # a local folder: its real location, however it was spelled
-                text = str(Path(text).expanduser().resolve())
-    slug = slugify(text, sep="--")[-80:].lstrip(".-")
-    return slug if slug not in ("", "x") else "model"
+    if text.startswith("s3://"):
+        bucket, _, key = text[5:].partition("/")
+        return f"s3://{bucket}/{key.strip('/')}"
+    path = Path(text).expanduser()
+    with contextlib.suppress(OSError, RuntimeError, ValueError):
+        if path.exists():  # a local folder: its real location, however it was spelled
+            return f"dir:{path.resolve()}"
+    if is_hub_id(text):
+        return f"hub:{text}"
+    return f"dir:{os.path.abspath(path)}"  # a folder that does not exist (yet): normalized, not resolved
+
+
+def slugify_model(model: str) -> str:
+    """A filesystem- and S3-safe name for a model id, path or URI: the cache folder, artifact prefix and
+    ``production`` pointer of that model, so two different models must never share one.
+
+    A hub id ``owner/name`` becomes ``owner--name`` (injective: hub names never contain ``--`` or ``..``; the same
+    name as earlier releases, so existing stores keep their pointers). Every other source becomes
+    ``<readable tail>..<12 hex of sha256(model_identity)>``: the ``..`` no hub slug contains, the hash telling apart
+    sources that read alike (``s3://prod/x`` and ``s3://staging/x``, ``m+1`` and ``m 1``, hub ``a/b`` and folder
+    ``/a/b``). The slug is one path segment that is never ``.`` or ``..`` and never starts with a dot.
+    """
+    identity = model_identity(model)
+    kind, _, rest = identity.partition(":")
+    if kind == "hub" and all(HUB_NAME.fullmatch(p) and "--" not in p and ".." not in p for p in rest.split("/")):
+        return rest.replace("/", "--")
+    digest = hashlib.sha256(identity.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    readable = slugify(rest, sep="--")[-48:].lstrip(".-").rstrip(".-")
+    return f"{readable if readable not in ('', 'x') else 'model'}..{digest}"
 
 
 def production_pointer(model_slug: str) -> str:
     """The name of a model's ``production`` pointer (one per model, so a store can serve several)."""
     return f"{model_slug}.production"
+
+
+REBUILD_HINT = ("Rerun `asr-optimize run` for this model to rebuild it (a damaged artifact is moved aside and "
+                "rebuilt under the same key).")
+
+
+def artifact_ref(artifact_id: str, model_slug: str, revision: str) -> tuple[ArtifactRef, str | None]:
+    """(ref, file name or None) of a pointer's ``artifact_id`` ``<stage>:<key>[/<file>]`` (what promote records)."""
+    stage, sep, rest = str(artifact_id).partition(":")
+    key, _, file = rest.partition("/")
+    if not (sep and stage and key and revision):
+        raise StoreError(f"the production pointer names artifact {artifact_id!r} (revision {revision!r}), not a "
+                         f"store artifact <stage>:<key>/<file>, so it cannot be verified. {REBUILD_HINT}")
+    return ArtifactRef(model_slug=model_slug, revision=revision, stage=stage, key=key), file or None
 
 
 def describe_files(folder: Path) -> dict[str, FileEntry]:
@@ -305,6 +350,16 @@ class ArtifactStore(ABC):
     def describe(self) -> str:
         """Where the store is, for logs (never credentials)."""
 
+    def verify_artifact(self, ref: ArtifactRef) -> StoredArtifact:
+        """The artifact at ``ref`` with every file checked against its manifest's sha256, or a ``StoreError`` that
+        says what is wrong and how to recover. For running an artifact outside the flow (``transcribe
+        --production``): a damaged file must be refused, not run."""
+        found = self.get(ref)  # stores verify on read; a damaged artifact reads as absent (the warning names the file)
+        if found is None:
+            raise StoreError(f"artifact {ref.path} in {self.describe()} is missing or damaged (see the warning above "
+                             f"for the file); refusing to run it. {REBUILD_HINT}")
+        return found
+
     @contextlib.contextmanager
     def staging(self) -> Iterator[Path]:
         """A scratch folder for a stage to write into; removed afterwards whatever happens."""
@@ -341,17 +396,39 @@ class LocalArtifactStore(ArtifactStore):
     def _lock(self, ref: ArtifactRef) -> Path:
         return self.root / LOCKS_DIR / (hashlib.sha256(ref.path.encode()).hexdigest()[:32] + ".lock")
 
+    def _problem(self, ref: ArtifactRef, folder: Path, manifest: Manifest) -> str | None:
+        """Why ``folder`` is not the artifact ``manifest`` describes at ``ref``, or None; a manifest naming a file
+        outside the artifact (hostile or hand-edited) is never followed: the error names the folder to delete."""
+        try:
+            problem = verify_files(folder, manifest)
+        except UnsafePathError as exc:
+            raise UnsafePathError(f"artifact {ref.path} in {self.root} refused: its manifest names a file outside "
+                                  f"the artifact ({exc}); delete the folder {folder} to rebuild it") from None
+        if problem is None and manifest.ref.path != ref.path:
+            problem = f"its manifest describes {manifest.ref.path}"
+        return problem
+
     def get(self, ref: ArtifactRef) -> StoredArtifact | None:
         folder = self._dir(ref)
         manifest = read_manifest(folder / MANIFEST_NAME)
         if manifest is None:
             return None
-        problem = verify_files(folder, manifest)
-        if problem is None and manifest.ref.path != ref.path:
-            problem = f"its manifest describes {manifest.ref.path}"
+        problem = self._problem(ref, folder, manifest)
         if problem is not None:
             logger.warning("artifact %s is damaged (%s): it will be rebuilt", folder, problem)
             return None
+        return StoredArtifact(manifest=manifest, local_dir=folder, location=str(folder))
+
+    def verify_artifact(self, ref: ArtifactRef) -> StoredArtifact:
+        folder = self._dir(ref)
+        manifest = read_manifest(folder / MANIFEST_NAME)
+        if manifest is None:
+            raise StoreError(f"artifact {ref.path} is missing from {self.root} (no readable {MANIFEST_NAME} in "
+                             f"{folder}); refusing to run it. {REBUILD_HINT}")
+        problem = self._problem(ref, folder, manifest)
+        if problem is not None:
+            raise StoreError(f"artifact {ref.path} in {self.root} is damaged: {problem} ({folder}); refusing to run "
+                             f"it. {REBUILD_HINT}")
         return StoredArtifact(manifest=manifest, local_dir=folder, location=str(folder))
 
     @contextlib.contextmanager

@@ -364,7 +364,8 @@ class S3ArtifactStore(ArtifactStore):
             for rel in manifest.files:
                 self._data_key(ref, manifest, rel)
         except UnsafePathError as exc:
-            raise UnsafePathError(f"artifact {location} refused: {exc}") from None
+            raise UnsafePathError(f"artifact {location} refused: {exc}; delete {self.uri(manifest_key)} (the "
+                                  "artifact's manifest) to rebuild it") from None
         if (hit := self._cached(ref, manifest)) is not None:
             return hit, None
         tmp = self._new_tmp()

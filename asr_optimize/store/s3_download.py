@@ -39,6 +39,15 @@ def plan_download(uri: str, prefix: str, objects: list[dict], dest: Path) -> lis
                 f"refusing to download {uri}: object key {key!r} would be written outside the model cache "
                 f"({exc}); remove or rename that object"
             ) from None
+    files = {target.relative_to(dest).as_posix(): key for key, target in plan}
+    for relative, key in files.items():
+        parts = relative.split("/")
+        for depth in range(1, len(parts)):
+            if (parent := "/".join(parts[:depth])) in files:  # a key that is a file and a folder at once
+                raise ModelResolutionError(
+                    f"refusing to download {uri}: object {files[parent]!r} is a file, but {key!r} treats it as a "
+                    f"folder; a local model folder cannot hold both: delete or rename one of the two objects"
+                )
     return plan
 
 

@@ -1,7 +1,7 @@
 """The per-run key that unlocks Triton's restricted APIs (model repository/control, shared memory, trace, logging).
 
 Why: in explicit model-control mode anyone who can reach the server could ``POST /v2/repository/models/x/load``
-a python model and run code as the server's user (issue #13). The bundled server is started with
+a python model and run code as the server's user. The bundled server is started with
 ``--http-restricted-api`` / ``--grpc-restricted-protocol`` for those APIs and a fresh random key; every client
 in this package (hot-swap, health, the load generator, the soak) sends it. Inference, health, metadata, model
 config (read-only) and statistics stay open so ordinary clients and the Triton runner keep working.
@@ -63,7 +63,10 @@ def grpc_headers(url: str) -> dict[str, str]:
 
 
 def server_flags(key: str) -> list[str]:
-    """tritonserver flags restricting ``RESTRICTED`` to requests that carry ``key`` (Triton 2.51 syntax)."""
+    """tritonserver flags restricting ``RESTRICTED`` to requests that carry ``key`` (Triton 2.51 syntax).
+
+    Command lines are world-readable: the bundled server gets these with ``keyshim.PLACEHOLDER`` as ``key``, and
+    ``keyshim`` puts the real key in before tritonserver's ``main``."""
     apis = ",".join(RESTRICTED)
     return [f"--http-restricted-api={apis}:{HEADER}={key}", f"--grpc-restricted-protocol={apis}:{HEADER}={key}"]
 

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+from asr_optimize.triton.names import check_model_name
 
 
 class HealthReport(BaseModel):
@@ -83,7 +84,10 @@ def health_check(
     timeout_s: float = 30.0,
     max_p99_ms: float | None = None,
 ) -> HealthReport:
-    """Check the server, both models, the serving version's metadata, and latency over ``n_requests``."""
+    """Check the server, both models, the serving version's files (sha256 against its manifest) and metadata, and
+    latency over ``n_requests``."""
+    check_model_name(model_name)
+    check_model_name(pipeline_name, "Triton pipeline name")
     version = repo_mod.serving_version(root, pipeline_name)
     report = HealthReport(url=url, model_name=model_name, pipeline_name=pipeline_name, serving_version=version)
     try:
@@ -109,6 +113,10 @@ def health_check(
     if manifest is None:
         report.problems.append(f"no manifest for {model_name} v{version} in {root}")
     else:
+        try:  # the bytes Triton serves are the ones deployed (a damaged or replaced file is named)
+            repo_mod.verify_version(root, model_name, version)
+        except repo_mod.IntegrityError as exc:
+            report.problems.append(str(exc))
         try:
             mismatches = metadata_problems(client.get_model_metadata(model_name, str(version)), manifest)
         except Exception as exc:

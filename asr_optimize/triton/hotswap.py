@@ -12,8 +12,12 @@ lands on a version that has not passed the canary.
 
 Crash safety: the swap journal (``asr_optimize.triton.journal``) marks N+1 pending before its folder is written and
 confirms it only after promotion; every swap first reconciles a journal left pending by a killed run (N+1 removed,
-the pipeline pointed back at N). On a GPU instance the swap refuses to start when free GPU memory cannot hold N+1
-beside N. Every call to Triton carries the restricted-API key (``asr_optimize.triton.auth``).
+the pipeline pointed back at N). The whole swap holds the model's swap lock (a second swap waits, then fails
+naming the holder); the files it rewrites are saved before its first write and a rollback puts them back byte for
+byte (``asr_optimize.triton.snapshot``); the candidate's copy is checked by sha256 before Triton loads it. Model and
+pipeline names are plain folder names (``asr_optimize.triton.names``), checked before anything. On a GPU instance
+the swap refuses to start when free GPU memory cannot hold N+1 beside N. Every call to Triton carries the
+restricted-API key (``asr_optimize.triton.auth``).
 
 Artifacts: an ONNX graph, a TensorRT plan, or a fused engine folder (``python_fused``); all take the same path.
 """
@@ -28,14 +32,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from asr_optimize.errors import TransientError
 from asr_optimize.fileio import atomic_write_text
 from asr_optimize.quality.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.quality.metrics import transcript_parity, wer_cer
-from asr_optimize.triton import auth, journal
+from asr_optimize.triton import auth, journal, snapshot
 from asr_optimize.triton import repository as repo_mod
+from asr_optimize.triton.names import InvalidModelName, TritonModelName, check_model_name, repo_path
 from asr_optimize.triton.repository import BatchingOptions, ModelKind, RepositoryError
 
 Action = Literal["promoted", "rolled_back", "refused"]
@@ -55,14 +60,26 @@ class CanarySet:
     texts: list[str] | None = None
 
 
+def check_swap_names(model_name: str, pipeline_name: str) -> None:
+    """Both names are plain repository folder names (``names.check_model_name``) and differ: the pipeline's folder
+    is removed when a first deployment is undone, so it must never be the acoustic model's."""
+    check_model_name(model_name)
+    check_model_name(pipeline_name, "Triton pipeline name")
+    if model_name == pipeline_name:
+        raise InvalidModelName(f"the Triton model and pipeline are both named {model_name!r}: they are two folders "
+                               "of the repository and need two names")
+
+
 class SwapOptions(BaseModel):
-    model_name: str = repo_mod.DEFAULT_MODEL_NAME
-    pipeline_name: str = repo_mod.DEFAULT_PIPELINE_NAME
+    model_name: TritonModelName = repo_mod.DEFAULT_MODEL_NAME
+    pipeline_name: TritonModelName = repo_mod.DEFAULT_PIPELINE_NAME
     kind: ModelKind | None = None
     """None: from the artifact (.plan -> tensorrt_plan, .onnx -> python ONNX Runtime model, engine folder ->
     python_fused)."""
     batching: BatchingOptions = Field(default_factory=BatchingOptions)
-    thresholds: GateThresholds = Field(default_factory=lambda: GateThresholds(max_cer_delta=0.002))
+    thresholds: GateThresholds = Field(default_factory=lambda: GateThresholds(max_cer_delta=0.002, max_wer=None))
+    """The canary checks serving parity with the reference; the absolute WER ceiling (``max_wer``) was applied at
+    promotion, on the evaluation set."""
     keep_versions: int = Field(2, ge=1)
     """Versions left live after promotion (the new one included): K=2 keeps N for a fast manual rollback. Older
     versions leave when the next candidate loads, not after it is promoted: every load call makes Triton reload every
@@ -76,6 +93,15 @@ class SwapOptions(BaseModel):
     ORT arena, or + CUDA-graph activations)."""
     gpu_memory_margin_mb: float = Field(1024.0, ge=0)
     """Free memory that must remain on each GPU after loading the new version beside the serving one."""
+    lock_timeout_s: float = Field(1800.0, ge=0)
+    """How long a swap waits for another swap of the same model (``journal.swap_lock``) before it gives up."""
+    stale_pending_s: float = Field(journal.STALE_PENDING_S, gt=0)
+    """A swap left pending by another host (or by a journal without owner) is repaired once older than this."""
+
+    @model_validator(mode="after")
+    def _distinct_names(self) -> SwapOptions:
+        check_swap_names(self.model_name, self.pipeline_name)
+        return self
 
 
 class CanaryRow(BaseModel):
@@ -263,6 +289,10 @@ class _Swap:
     artifact_manifest: dict[str, Any]
     timings: dict[str, float] = field(default_factory=dict)
     history: journal.Journal | None = None
+    saved: snapshot.Snapshot | None = None
+    """The files the swap rewrites, as they were before its first write (restored by a rollback)."""
+    live_before: list[int] = field(default_factory=list)
+    """The live versions before the swap (what the restored config lists)."""
 
     def settle(self, serving: int | None, confirmed: list[int]) -> None:
         assert self.history is not None
@@ -279,7 +309,7 @@ class _Swap:
     def write_acoustic_config(self, versions: list[int], manifest: repo_mod.VersionManifest) -> None:
         text = repo_mod.acoustic_config(self.name, manifest.kind, versions, manifest.inputs, manifest.vocab_size,
                                         self.opts.batching)
-        atomic_write_text(self.root / self.name / "config.pbtxt", text)
+        atomic_write_text(repo_path(self.root, self.name, "config.pbtxt"), text)
 
     def timed(self, label: str, start: float) -> None:
         self.timings[label] = round(time.perf_counter() - start, 3)
@@ -319,10 +349,13 @@ def hot_swap(
     """Deploy ``artifact`` (an ONNX graph, TensorRT engine or fused engine folder of ``model_dir``) as the next
     version.
 
-    Raises ``TritonUnavailable`` if the server is unreachable before anything changed; every later failure
-    (load error, not ready in time, canary refused, server gone) rolls back and returns the decision.
+    Raises ``TritonUnavailable`` if the server is unreachable before anything changed, ``InvalidModelName`` for a
+    model or pipeline name that is not a plain folder name (before anything is written), ``SwapInProgressError``
+    when another swap of the model holds its lock past ``lock_timeout_s`` or is pending on another host; every later
+    failure (load error, not ready in time, canary refused, server gone) rolls back and returns the decision.
     """
     opts = opts or SwapOptions()
+    check_swap_names(opts.model_name, opts.pipeline_name)  # options updated with model_copy skip validation
     root = Path(root)
     client = http_client(url, opts.request_timeout_s)
     try:
@@ -335,14 +368,25 @@ def hot_swap(
     if kind == "python_fused":  # the folder, whichever of its files was named
         artifact = repo_mod.fused_engine_dir(artifact) or artifact
     keyed = http_client(url, opts.load_timeout_s)
-    repaired = journal.reconcile(root, opts.model_name, opts.pipeline_name, keyed, opts.load_timeout_s)
+    with journal.swap_lock(root, opts.model_name, opts.lock_timeout_s):  # reconcile to settle: one swap at a time
+        return _swap_locked(root, artifact, model_dir, canary, opts, source, artifact_manifest, client, keyed, kind)
+
+
+def _swap_locked(root: Path, artifact: Path, model_dir: Path, canary: CanarySet, opts: SwapOptions, source: str,
+                 artifact_manifest: dict[str, Any] | None, client: Any, keyed: Any, kind: ModelKind) -> SwapDecision:
+    repaired = journal.reconcile_locked(root, opts.model_name, opts.pipeline_name, keyed, opts.load_timeout_s,
+                                        opts.stale_pending_s)
     history = journal.current(root, opts.model_name, opts.pipeline_name)
+    if history.pending is not None:  # another host's swap, left alone by reconcile
+        raise journal.SwapInProgressError(f"another swap of {opts.model_name} is in progress "
+                                          f"({history.pending.describe()}): " + "; ".join(repaired))
     previous = history.serving
     old_live = [v for v in history.confirmed if v != previous]
     old_live = [*old_live, previous] if previous else []
     vocab_size = len(repo_mod.ctc_info(model_dir)["tokens"])
     swap = _Swap(root, artifact, model_dir, canary, opts, keyed, source,
-                 {"vocab_size": vocab_size, **(artifact_manifest or {})}, history=history)
+                 {"vocab_size": vocab_size, **(artifact_manifest or {})}, history=history,
+                 live_before=sorted(old_live))
     decision = SwapDecision(model_name=opts.model_name, pipeline_name=opts.pipeline_name, action="refused",
                             previous_version=previous, candidate_version=None, serving_version=previous,
                             live_versions=sorted(old_live), reconciled=repaired)
@@ -361,6 +405,7 @@ def hot_swap(
     new = max([*repo_mod.version_dirs(root, opts.model_name), *history.confirmed, 0]) + 1
     decision.candidate_version = new
     start = time.perf_counter()
+    swap.saved = snapshot.take(root, opts.model_name, opts.pipeline_name)  # before the swap's first write
     swap.history = journal.begin(root, history, new)  # before any byte of N+1 exists
     try:
         manifest = repo_mod.write_acoustic_version(root, opts.model_name, new, artifact, kind, source,
@@ -372,18 +417,23 @@ def hot_swap(
     except BaseException:
         swap.settle(previous, old_live)
         raise
-    if reason := _incompatible(serving_manifest, manifest, opts.batching):
-        shutil.rmtree(root / opts.model_name / str(new), ignore_errors=True)
+    reason = _incompatible(serving_manifest, manifest, opts.batching)
+    if reason is None:
+        try:  # the copy Triton is about to load is byte for byte the one written (and hashed)
+            repo_mod.verify_version(root, opts.model_name, new)
+        except RepositoryError as exc:
+            reason = f"v{new} refused before loading: {exc}"
+    if reason:
+        shutil.rmtree(repo_path(root, opts.model_name, new), ignore_errors=True)
         swap.settle(previous, old_live)
         decision.reasons.append(reason)
         return decision
     swap.timed("write", start)
 
     # load N+1 beside N (N keeps serving during the reload, and stays if the reload fails); versions past
-    # keep_versions leave in the same reload (journal first: they are no longer confirmed)
+    # keep_versions leave in the same reload; their folders stay until N+1 is promoted (a rollback lists them again)
     start = time.perf_counter()
     if dropped:
-        swap.history = journal.begin(root, swap.history.model_copy(update={"confirmed": retained}), new)
         decision.live_versions = retained
     used_before = gpu_used_mb(kind, opts)
     try:
@@ -391,15 +441,13 @@ def hot_swap(
         swap.client.load_model(opts.model_name)
         if not wait_ready(client, opts.model_name, new, opts.load_timeout_s):
             raise RuntimeError(f"version {new} not ready after {opts.load_timeout_s:.0f} s")
-        _delete_unloaded(swap, decision, dropped)
         _record_load_footprint(swap, manifest, used_before, serving_manifest if dropped else None)
         if previous is None:
             repo_mod.write_pipeline(root, opts.pipeline_name, model_dir, opts.model_name, new,
                                     "attention_mask" in manifest.inputs, opts.batching.max_batch_size, opts.batching)
             swap.client.load_model(opts.pipeline_name)
     except Exception as exc:
-        return _rollback(swap, decision, retained, manifest, f"loading v{new} failed: {_error(exc)}",
-                         dropped)
+        return _rollback(swap, decision, manifest, f"loading v{new} failed: {_error(exc)}")
     swap.timed("load", start)
 
     # canary through the pipeline, pinned to N+1
@@ -408,13 +456,13 @@ def hot_swap(
         texts = pipeline_transcribe(client, opts.pipeline_name, canary.waves, acoustic_version=new)
         gate = canary_gate(canary, texts, opts.thresholds, f"triton:{opts.model_name}/v{new}")
     except Exception as exc:
-        return _rollback(swap, decision, retained, manifest, f"canary on v{new} failed: {_error(exc)}")
+        return _rollback(swap, decision, manifest, f"canary on v{new} failed: {_error(exc)}")
     swap.timed("canary", start)
     decision.gate = gate
     decision.canary = [CanaryRow(id=i, reference=r, triton=t)
                        for i, r, t in zip(canary.ids, canary.reference_transcripts, texts, strict=True)]
     if not gate.passed:
-        return _rollback(swap, decision, retained, manifest, "canary " + gate.summary())
+        return _rollback(swap, decision, manifest, "canary " + gate.summary())
 
     # promote: the pipeline now names N+1 (it reloads; the old pipeline instance serves until then)
     start = time.perf_counter()
@@ -427,15 +475,13 @@ def hot_swap(
         check = pipeline_transcribe(client, opts.pipeline_name, canary.waves[:1])
         if check != texts[:1]:
             raise RuntimeError(f"{opts.pipeline_name} answers {check!r} after promotion, expected {texts[:1]!r}")
-    except Exception as exc:
-        if previous is not None:
-            repo_mod.set_serving_version(root, opts.pipeline_name, previous)
-            _try(lambda: swap.client.load_model(opts.pipeline_name))
-        return _rollback(swap, decision, retained, manifest, f"promoting v{new} failed: {_error(exc)}")
+    except Exception as exc:  # the rollback restores the pipeline's config (pointing at N) and reloads it first
+        return _rollback(swap, decision, manifest, f"promoting v{new} failed: {_error(exc)}")
     swap.timed("promote", start)
     decision.action, decision.serving_version = "promoted", new
     decision.live_versions = sorted([*retained, new])
     swap.settle(new, decision.live_versions)  # confirmed: from now on N+1 is the good version
+    _delete_unloaded(swap, decision, dropped)  # unloaded by N+1's load; no longer confirmed
     _retire(swap, decision, manifest)
     decision.timings = swap.timings
     return decision
@@ -449,44 +495,64 @@ def _try(fn: Any) -> str | None:
         return _error(exc)
 
 
-def _rollback(
-    swap: _Swap, decision: SwapDecision, old_live: list[int], manifest: repo_mod.VersionManifest, reason: str,
-    dropped: list[int] | None = None,
-) -> SwapDecision:
-    """Take N+1 out of the live list, reload (N keeps serving), delete N+1's folder (and those of ``dropped``:
-    versions past keep_versions the failed load already took out of the config)."""
+def _rollback(swap: _Swap, decision: SwapDecision, manifest: repo_mod.VersionManifest, reason: str) -> SwapDecision:
+    """Put back every file the swap rewrote exactly as it was before (``snapshot``: the acoustic config, the
+    pipeline's config and files), reload (the pipeline first, so it names N again before N+1 leaves), delete N+1's
+    folder. N never stopped serving; versions the failed load unloaded are listed, and load, again."""
     new = manifest.version
+    old_live = swap.live_before
     decision.action = "rolled_back"
     decision.reasons.append(reason)
     start = time.perf_counter()
+    restored = _restore(swap, decision)
     if old_live:
-        swap.write_acoustic_config(old_live, manifest)
+        if restored is None:  # no usable backup: repair the live list and the serving version in place
+            repo_mod.set_live_versions(swap.root, swap.name, old_live)
+            if decision.previous_version is not None:
+                repo_mod.set_serving_version(swap.root, swap.pipeline, decision.previous_version)
+        pipeline_restored = restored is None or any(r.startswith(f"{swap.pipeline}/") for r in restored)
+        if pipeline_restored and (err := _try(lambda: swap.client.load_model(swap.pipeline))):
+            decision.reasons.append(f"reloading {swap.pipeline} after rollback failed ({err})")
         if err := _try(lambda: swap.client.load_model(swap.name)):
-            decision.reasons.append(f"reload after rollback failed ({err}); the config on disk lists "
-                                    f"{old_live}, so a restart or the next load serves only those")
-        elif _failed_record(swap.client, swap.name, new) and (err := _clear_failed_record(swap, old_live, manifest)):
+            decision.reasons.append(f"reload after rollback failed ({err}); the config on disk is the one from "
+                                    f"before the swap (versions {old_live}), so a restart or the next load serves it")
+        elif _failed_record(swap.client, swap.name, new) and (err := _clear_failed_record(swap, old_live, new)):
             decision.reasons.append(f"could not clear Triton's failed-load record of v{new} ({err}); "
                                     "the server reports not ready until a good version of the model loads")
-    else:  # first deployment: nothing to keep
+    else:  # first deployment: nothing to keep (the restore removed the pipeline and the acoustic config)
         for name in (swap.pipeline, swap.name):
             _try(lambda n=name: swap.client.unload_model(n))
-        shutil.rmtree(swap.root / swap.pipeline, ignore_errors=True)
-        (swap.root / swap.name / "config.pbtxt").unlink(missing_ok=True)
-    _delete_unloaded(swap, decision, dropped or [])
+        if restored is None:
+            shutil.rmtree(repo_path(swap.root, swap.pipeline), ignore_errors=True)
+            repo_path(swap.root, swap.name, "config.pbtxt").unlink(missing_ok=True)
+    folder = repo_path(swap.root, swap.name)
     if not _wait_unloaded(swap.client, swap.name, [new]) and _ready(swap.client, swap.name, new):
         decision.reasons.append(f"v{new} still loaded in Triton; its folder was kept")
     else:
-        shutil.rmtree(swap.root / swap.name / str(new), ignore_errors=True)
+        shutil.rmtree(repo_path(swap.root, swap.name, new), ignore_errors=True)
         if not old_live:  # first deployment rolled back: no history to keep
             journal.journal_path(swap.root, swap.name).unlink(missing_ok=True)
-            if not any((swap.root / swap.name).iterdir()):
-                (swap.root / swap.name).rmdir()
+            snapshot.discard(swap.root, swap.name)
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
     swap.timed("rollback", start)
     decision.timings = swap.timings
     decision.live_versions = sorted(old_live)
-    if (swap.root / swap.name).is_dir():
+    if folder.is_dir():
         swap.settle(decision.previous_version, old_live)
     return decision
+
+
+def _restore(swap: _Swap, decision: SwapDecision) -> list[str] | None:
+    """The files put back from the swap's backup (``name/file``), or None when there is no usable backup."""
+    if swap.saved is None:
+        return None
+    try:
+        return snapshot.restore(swap.root, swap.saved)
+    except (OSError, ValueError) as exc:
+        decision.reasons.append(f"the files saved before the swap could not be restored ({type(exc).__name__}: "
+                                f"{exc}); only the live versions and the serving version were reset")
+        return None
 
 
 def _failed_record(client: Any, name: str, version: int) -> bool:
@@ -499,19 +565,20 @@ def _failed_record(client: Any, name: str, version: int) -> bool:
                and e.get("reason", "unloaded") != "unloaded" for e in index)
 
 
-def _clear_failed_record(swap: _Swap, old_live: list[int], manifest: repo_mod.VersionManifest) -> str | None:
+def _clear_failed_record(swap: _Swap, old_live: list[int], new: int) -> str | None:
     """Load a copy of a live version under the failed number, then unload it: readiness is restored.
 
-    The pipeline never routes to it, and a direct unversioned client would get the same answers as the copy's
-    source, so nobody sees a difference.
+    The copy is listed in the config from before the swap (only its version list changes, then the saved bytes
+    are put back). The pipeline never routes to it, and a direct unversioned client would get the same answers
+    as the copy's source, so nobody sees a difference.
     """
-    new = manifest.version
-    target = swap.root / swap.name / str(new)
+    target = repo_path(swap.root, swap.name, new)
     shutil.rmtree(target, ignore_errors=True)
-    shutil.copytree(swap.root / swap.name / str(max(old_live)), target, copy_function=_link_or_copy)
-    swap.write_acoustic_config([*old_live, new], manifest)
+    shutil.copytree(repo_path(swap.root, swap.name, max(old_live)), target, copy_function=_link_or_copy)
+    repo_mod.set_live_versions(swap.root, swap.name, [*old_live, new])
     err = _try(lambda: swap.client.load_model(swap.name))
-    swap.write_acoustic_config(old_live, manifest)
+    if swap.saved is None or _try(lambda: snapshot.restore(swap.root, swap.saved)):
+        repo_mod.set_live_versions(swap.root, swap.name, old_live)
     err = _try(lambda: swap.client.load_model(swap.name)) or err
     _wait_unloaded(swap.client, swap.name, [new])
     return err
@@ -534,7 +601,7 @@ def _delete_unloaded(swap: _Swap, decision: SwapDecision, versions: list[int]) -
         if _ready(swap.client, swap.name, v):
             decision.reasons.append(f"v{v} still loaded; folder kept")
             continue
-        shutil.rmtree(swap.root / swap.name / str(v), ignore_errors=True)
+        shutil.rmtree(repo_path(swap.root, swap.name, v), ignore_errors=True)
         decision.retired_versions.append(v)
 
 

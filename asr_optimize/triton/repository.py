@@ -11,7 +11,7 @@ Layout (a local folder; the same layout works for the NGC tritonserver image)::
 The acoustic config lists live versions with ``version_policy { specific { versions: [...] } }``; the
 pipeline's ``acoustic_version`` parameter names the one that serves. Both are rewritten atomically.
 
-Serving on a GPU (issue #15): the acoustic model runs on GPU instances (ONNX Runtime CUDA with I/O binding,
+Serving on a GPU: the acoustic model runs on GPU instances (ONNX Runtime CUDA with I/O binding,
 optionally a CUDA graph per fixed shape) behind Triton's dynamic batcher, which merges only requests of the same
 shape. The ``asr`` pipeline therefore pads every utterance to a length bucket (default 2/5/10/20 s; padding is
 masked through ``attention_mask`` and only the valid frames are decoded), so requests of different lengths share
@@ -34,13 +34,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from asr_optimize import defaults
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.fileio import atomic_write_text
+from asr_optimize.fileio import atomic_write_text, safe_join
 from asr_optimize.hashing import sha256_file
 from asr_optimize.model.ctc import CtcVocabulary
 from asr_optimize.model.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.transcribe import ChunkingOptions
 from asr_optimize.triton.backends import CTC_PIPELINE, FUSED_ACOUSTIC, ORT_ACOUSTIC
+from asr_optimize.triton.names import TritonModelName, check_model_name, repo_path
 
 CHUNKING_SOURCE = Path(__file__).resolve().parents[1] / "audio" / "chunking.py"
 """The long-form windowing module (numpy only), copied into the pipeline's version folder."""
@@ -51,13 +53,17 @@ PYTHON_KINDS: tuple[str, ...] = ("python_onnxruntime", "python_fused")
 FUSED_ENGINE_JSON = "engine.json"
 """Marks a fused engine folder (``asr_optimize.engine.fused.ENGINE_JSON``; not imported: that module needs torch)."""
 FUSED_ENGINE_DIR = "engine"
-DEFAULT_MODEL_NAME = "wav2vec2_ctc"
-DEFAULT_PIPELINE_NAME = "asr"
+DEFAULT_MODEL_NAME = defaults.TRITON_MODEL_NAME
+DEFAULT_PIPELINE_NAME = defaults.TRITON_PIPELINE_NAME
 MANIFEST_NAME = "manifest.json"
 
 
 class RepositoryError(AsrOptimizeError):
     """The model repository or an artifact for it is missing, malformed or inconsistent."""
+
+
+class IntegrityError(RepositoryError):
+    """A file of a deployed version (or of a candidate) does not match the sha256 recorded for it."""
 
 
 class BatchingOptions(BaseModel):
@@ -77,11 +83,11 @@ class BatchingOptions(BaseModel):
     """GPU python ONNX Runtime model: bind inputs/outputs to device memory (one copy each way per batch)."""
     gpu_input_tensors: bool = True
     """GPU python models: let Triton hand them inputs it holds on the GPU (``FORCE_CPU_ONLY_INPUT_TENSORS: no``,
-    read through DLPack). The H100 evidence is mixed (fused engine, serve-bench, 10 s requests). Across two machines
-    (second session, older stub code) it was on: 5.8 ms of server compute at concurrency 1 and 2,624x for the
-    pipeline at concurrency 64; off: 16.1 ms and 2,084x. On one machine (third session) the acoustic model alone at
-    concurrency 64 reached 2,073x on and 2,536x off: with it on, tritonserver copies inputs to the GPU in its own
-    CUDA context, beside the stub's. Kept on until a same-machine pipeline A/B decides."""
+    read through DLPack). Measured on H100s (fused engine, serve-bench, 10 s requests) the evidence is mixed: the
+    pipeline at concurrency 64 served 2,624x on and 2,084x off (older stub code, two hosts); on one host the acoustic
+    model alone served 2,073x on and 2,536x off (tritonserver then copies inputs to the GPU in its own CUDA context,
+    beside the stub's). On by default until a same-host pipeline A/B decides
+    (docs/decisions, benchmarks/results/h100-2026-11-27)."""
     cuda_graphs: bool = False
     """GPU python ONNX Runtime model: capture one CUDA graph per (batch, samples) shape; each holds its own session
     (weights included), so at most ``cuda_graph_max_shapes`` of them; other shapes use the plain CUDA session."""
@@ -123,11 +129,15 @@ class BatchingOptions(BaseModel):
 class VersionManifest(BaseModel):
     """What was deployed as one version (``<N>/manifest.json``); the health check compares Triton with it."""
 
-    model_name: str
+    model_name: TritonModelName
     version: int
     kind: ModelKind
     model_file: str
     sha256: str
+    files: dict[str, str] = Field(default_factory=dict)
+    """sha256 of every file of the version folder when it was written (relative path -> hex; the manifest itself
+    excluded), checked before Triton loads the version and by the health check (``verify_version``). Empty in
+    manifests written before this field: only ``model_file`` is checked then."""
     inputs: list[str]
     vocab_size: int
     source: str
@@ -228,6 +238,7 @@ def acoustic_config(
     name: str, kind: ModelKind, versions: list[int], inputs: list[str], vocab_size: int, batching: BatchingOptions
 ) -> str:
     """config.pbtxt of the acoustic model (dynamic time axis, dynamic batching, explicit live versions)."""
+    check_model_name(name)
     header = {
         "python_onnxruntime": 'backend: "python"',
         "python_fused": 'backend: "python"',
@@ -268,6 +279,8 @@ def pipeline_config(
     ``audio`` allows ragged batches, so the batcher hands one ``execute`` requests of any lengths; the pipeline
     regroups their utterances by length bucket into one acoustic request per bucket.
     """
+    check_model_name(name, "Triton pipeline name")
+    check_model_name(acoustic_name)
     batching = batching or BatchingOptions(max_batch_size=max_batch_size)
     buckets = batching.bucket_samples() if has_mask else []  # without a mask, padding would change the output
     return "\n".join(
@@ -299,7 +312,7 @@ def pipeline_config(
 
 def version_dirs(root: Path, name: str) -> list[int]:
     """Numeric version folders present on disk (live or not)."""
-    folder = root / name
+    folder = repo_path(root, name)
     if not folder.is_dir():
         return []
     return sorted(int(p.name) for p in folder.iterdir() if p.is_dir() and p.name.isdigit())
@@ -320,10 +333,10 @@ def write_acoustic_version(
         raise RepositoryError(f"artifact not found: {artifact} is not a fused engine folder (no {FUSED_ENGINE_JSON})")
     if engine_dir is None and not artifact.is_file():
         raise RepositoryError(f"artifact not found: {artifact}")
-    target = root / name / str(version)
+    target = repo_path(root, name, version)
     if target.exists():
         raise RepositoryError(f"{target} already exists; versions are never overwritten")
-    staging = root / name / f".staging-{version}-{os.getpid()}"
+    staging = repo_path(root, name, f".staging-{version}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     fused: dict[str, Any] = {}
@@ -343,12 +356,19 @@ def write_acoustic_version(
             if kind == "python_onnxruntime":
                 shutil.copy2(ORT_ACOUSTIC, staging / "model.py")
         engine_vocab = int(fused.pop("vocab_size", 0))
+        files = {p.relative_to(staging).as_posix(): sha256_file(p) for p in sorted(staging.rglob("*")) if p.is_file()}
+        expected = (artifact_manifest or {}).get("sha256")
+        if expected and files[model_file] != expected:
+            raise IntegrityError(f"{artifact}: the copy's sha256 {files[model_file][:16]}... differs from the "
+                                 f"{expected[:16]}... its producer recorded (artifact_manifest sha256): the artifact "
+                                 "is damaged or was replaced; nothing was deployed")
         manifest = VersionManifest(
             model_name=name,
             version=version,
             kind=kind,
             model_file=model_file,
-            sha256=sha256_file(staging / model_file),
+            sha256=files[model_file],
+            files=files,
             inputs=inputs,
             vocab_size=int((artifact_manifest or {}).get("vocab_size", 0) or engine_vocab),
             source=source or str(artifact),
@@ -387,13 +407,36 @@ def _copy_fused_engine(
 
 def write_manifest(root: Path, manifest: VersionManifest) -> None:
     """Rewrite a version's manifest (atomically) after a fact about it was measured."""
-    atomic_write_text(root / manifest.model_name / str(manifest.version) / MANIFEST_NAME,
+    atomic_write_text(repo_path(root, manifest.model_name, manifest.version, MANIFEST_NAME),
                       manifest.model_dump_json(indent=2))
 
 
 def read_manifest(root: Path, name: str, version: int) -> VersionManifest | None:
-    path = root / name / str(version) / MANIFEST_NAME
+    path = repo_path(root, name, version, MANIFEST_NAME)
     return VersionManifest.model_validate_json(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def verify_version(root: Path, name: str, version: int) -> VersionManifest:
+    """The version's manifest, after checking every file it lists (``files``, else ``model_file``) by sha256.
+
+    Raises ``IntegrityError`` naming each missing or changed file: a version whose bytes are not the ones deployed
+    (a damaged disk, a partial copy, tampering) is never loaded for serving."""
+    manifest = read_manifest(root, name, version)
+    folder = repo_path(root, name, version)
+    if manifest is None:
+        raise IntegrityError(f"{folder}: no {MANIFEST_NAME}; the version's files cannot be verified")
+    expected = manifest.files or {manifest.model_file: manifest.sha256}
+    problems = []
+    for rel, digest in sorted(expected.items()):
+        path = safe_join(folder, rel)
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif (actual := sha256_file(path)) != digest:
+            problems.append(f"{path} sha256 {actual[:16]}... does not match its manifest's {digest[:16]}...")
+    if problems:
+        raise IntegrityError(f"{name} v{version} is damaged: " + "; ".join(problems)
+                             + " (the files changed after deployment; redeploy the artifact)")
+    return manifest
 
 
 def write_pipeline(
@@ -401,7 +444,8 @@ def write_pipeline(
     max_batch_size: int = 8, batching: BatchingOptions | None = None,
 ) -> None:
     """(Re)write the ``asr`` pipeline: model.py, ctc.json, chunking.py and config.pbtxt naming the serving version."""
-    version_dir = root / name / "1"
+    check_model_name(acoustic_name)  # before the first file is written
+    version_dir = repo_path(root, name, 1)
     version_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(version_dir / "model.py", CTC_PIPELINE.read_text(encoding="utf-8"))
     atomic_write_text(version_dir / "ctc.json", json.dumps(ctc_info(model_dir), ensure_ascii=False, indent=1))
@@ -415,7 +459,7 @@ def set_pipeline_version(
     batching: BatchingOptions | None = None,
 ) -> None:
     atomic_write_text(
-        root / name / "config.pbtxt",
+        repo_path(root, name, "config.pbtxt"),
         pipeline_config(name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching),
     )
 
@@ -423,7 +467,7 @@ def set_pipeline_version(
 def _write_config(root: Path, name: str, config: Any) -> None:
     from google.protobuf import text_format
 
-    atomic_write_text(root / name / "config.pbtxt", text_format.MessageToString(config, as_utf8=True))
+    atomic_write_text(repo_path(root, name, "config.pbtxt"), text_format.MessageToString(config, as_utf8=True))
 
 
 def set_serving_version(root: Path, pipeline: str, acoustic_version: int) -> None:
@@ -446,7 +490,7 @@ def set_live_versions(root: Path, name: str, versions: list[int]) -> None:
 
 
 def pipeline_ctc(root: Path, name: str) -> dict[str, Any] | None:
-    path = root / name / "1" / "ctc.json"
+    path = repo_path(root, name, 1, "ctc.json")
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
@@ -455,7 +499,7 @@ def read_config(root: Path, name: str) -> Any:
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    path = root / name / "config.pbtxt"
+    path = repo_path(root, name, "config.pbtxt")
     if not path.is_file():
         return None
     try:

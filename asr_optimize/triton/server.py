@@ -6,8 +6,9 @@ built against numpy 1.x: with numpy 2 it silently corrupts tensors (wrong values
 current environment has numpy >= 2, a small side venv is made once (numpy<2 in its own site-packages, then
 this environment's site-packages through a .pth file) and put first on the stub's PATH.
 
-Safety (issue #13): the server gets an allow-listed environment (no cloud or hub credentials), its model-control,
-config, shared-memory, trace and logging APIs need a per-run key (``asr_optimize.triton.auth``), and a small
+Safety: the server gets an allow-listed environment (no cloud or hub credentials), its model-control,
+config, shared-memory, trace and logging APIs need a per-run key (``asr_optimize.triton.auth``) that never appears on
+its world-readable command line (``asr_optimize.triton.keyshim``), and a small
 watchdog process kills the server's process group and removes its ``/tmp/tritonserver-*`` folder when the
 process that started it dies, even by SIGKILL. A server that exits during startup is reported with its exit
 code and log tail, not as a timeout.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -35,9 +37,10 @@ from types import TracebackType
 
 from asr_optimize.capabilities import find_tritonserver
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.triton import auth
+from asr_optimize.triton import auth, keyshim
 from asr_optimize.triton.journal import pid_alive
 
+logger = logging.getLogger(__name__)
 STUB_ENV_VAR = "ASR_OPTIMIZE_TRITON_STUB_ENV"
 WORK_DIR_PREFIX = "tritonserver-"
 OWNER_FILE = "owner.pid"
@@ -188,16 +191,46 @@ def server_env(binary: str, passthrough: list[str] | tuple[str, ...] = ()) -> di
     return env
 
 
-def reconcile_repository(repository: Path) -> list[str]:
-    """Undo swaps that died mid-way (see ``journal.reconcile``) before a server loads the repository."""
-    from asr_optimize.triton import journal
+def reconcile_repository(repository: Path, stale_after_s: float | None = None) -> list[str]:
+    """Undo swaps that died mid-way (see ``journal.reconcile``) before a server loads the repository.
 
+    A swap in progress (its lock is held here, or its owner is alive or on another host) is left alone and
+    reported. Every action is logged (``asr_optimize.triton.journal`` / this module's logger, WARNING)."""
+    from asr_optimize.triton import journal
+    from asr_optimize.triton.names import InvalidModelName, check_model_name
+
+    stale = journal.STALE_PENDING_S if stale_after_s is None else stale_after_s
     actions: list[str] = []
     for path in sorted(Path(repository).glob(f"*/{journal.JOURNAL_NAME}")):
-        record = journal.read_journal(repository, path.parent.name)
-        if record is not None:
-            actions += journal.reconcile(repository, record.model_name, record.pipeline_name)
+        model = path.parent.name
+        try:
+            record = journal.read_journal(repository, check_model_name(model))
+        except InvalidModelName as exc:
+            actions.append(f"{model}: journal not checked: {exc}")
+            continue
+        if record is None:
+            continue
+        try:
+            actions += journal.reconcile(repository, model, record.pipeline_name, stale_after_s=stale)
+        except journal.SwapInProgressError as exc:
+            actions.append(f"left alone: {exc}")
+            logger.warning("before starting tritonserver on %s: %s", repository, actions[-1])
     return actions
+
+
+def verify_repository(repository: Path, models: list[str]) -> None:
+    """Check the files of every live version (with a manifest) of ``models`` by sha256 before a server loads them:
+    a damaged version is refused with ``TritonServerError`` naming the file, instead of served."""
+    from asr_optimize.triton import repository as repo_mod
+
+    for model in models:
+        for version in repo_mod.live_versions(repository, model):
+            if repo_mod.read_manifest(repository, model, version) is None:
+                continue  # not deployed by this package (no manifest): nothing recorded to check against
+            try:
+                repo_mod.verify_version(repository, model, version)
+            except repo_mod.IntegrityError as exc:
+                raise TritonServerError(f"not starting tritonserver on {repository}: {exc}") from exc
 
 
 class TritonServer:
@@ -218,6 +251,7 @@ class TritonServer:
         restricted: bool = True,
         env_passthrough: list[str] | None = None,
         extra_args: list[str] | None = None,
+        stale_pending_s: float | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         self.load = list(load or [])
@@ -229,6 +263,8 @@ class TritonServer:
         self.api_key = secrets.token_urlsafe(24) if restricted else None
         self.env_passthrough = list(env_passthrough or [])
         self.extra_args = list(extra_args or [])
+        self.stale_pending_s = stale_pending_s
+        """A pending swap of another host is repaired at start once older than this (None: the journal's default)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self.reconciled: list[str] = []
@@ -297,12 +333,19 @@ class TritonServer:
             raise TritonServerError(
                 "tritonserver not found: install nvidia-pytriton==0.7.0 (pip install --no-deps) or put it on PATH"
             )
+        try:
+            shim = keyshim.build() if self.api_key else None
+        except keyshim.KeyShimError as exc:
+            raise TritonServerError(str(exc)) from exc
         sweep_stale_work_dirs()
         self.repository.mkdir(parents=True, exist_ok=True)
-        self.reconciled = reconcile_repository(self.repository)
+        self.reconciled = reconcile_repository(self.repository, self.stale_pending_s)
+        verify_repository(self.repository, self.load)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         (self.work_dir / OWNER_FILE).write_text(f"{os.getpid()}\n")
         backends, env = self._backends(), self._env()
+        if self.api_key and shim is not None:
+            env = keyshim.server_env(env, self.api_key, shim)
         for attempt in range(3):
             self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
             args = [
@@ -310,7 +353,7 @@ class TritonServer:
                 "--model-control-mode=explicit", "--http-address=127.0.0.1", "--grpc-address=127.0.0.1",
                 f"--http-port={self.http_port}", f"--grpc-port={self.grpc_port}",
                 f"--metrics-port={self.metrics_port}", "--exit-timeout-secs=10", f"--log-verbose={self.log_verbose}",
-                *(auth.server_flags(self.api_key) if self.api_key else []),
+                *(keyshim.marked(auth.server_flags(keyshim.PLACEHOLDER)) if self.api_key else []),
                 *[f"--load-model={m}" for m in self.load], *self.extra_args,
             ]
             log = self.log_path.open("ab")

@@ -81,7 +81,7 @@ def api(server: dict[str, str], path: str, body: dict | None = None) -> Any:
 
 def watch(server: dict[str, str], hub: FakeHub, store: Path, model: str = MODEL) -> subprocess.CompletedProcess:
     """One run of the watcher flow, as the hourly deployment would run it."""
-    return subprocess.run([sys.executable, "-m", "flows.watch_upstream", "--model", model, "--store", str(store)],
+    return subprocess.run([sys.executable, "-m", "flows.cli", "watch", "--model", model, "--store", str(store)],
                           cwd=REPO_ROOT, env={**hub_env(hub, store.parent), **server}, capture_output=True, text=True,
                           timeout=180)
 

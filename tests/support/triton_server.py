@@ -11,9 +11,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pytest
-
-requires_triton = pytest.mark.requires("tritonserver")  # the same as writing the marker out
 
 
 def export(model_dir: Path, out_dir: Path) -> Path:

@@ -1,0 +1,43 @@
+"""Every default a user may want to look up or change, one section per area.
+
+The options models, the CLI and the benchmark scripts read these constants; no default is written twice. Per-run
+settings that come from the environment (folders, endpoints) live in ``asr_optimize.settings`` instead.
+"""
+
+# -- the benchmark stage of the flow (sized for the demo model on a CPU) -------------------------------------------
+BENCH_CASES = "1x1,1x5,4x5"
+"""Batch x seconds of audio per case."""
+BENCH_WARMUP = 3
+BENCH_ITERATIONS = 20
+BENCH_MAX_SECONDS_PER_CASE = 30.0
+
+# -- the GPU benchmark suite (``asr-optimize bench``) ---------------------------------------------------------------
+SUITE_CASES = "1x1,1x10,16x10,64x10"
+SUITE_WARMUP = 5
+SUITE_ITERATIONS = 30
+SUITE_MAX_SECONDS_PER_CASE = 20.0
+
+# -- Triton model names ---------------------------------------------------------------------------------------------
+TRITON_MODEL_NAME = "wav2vec2_ctc"
+"""The acoustic model (audio -> logits), one version per deployed artifact."""
+TRITON_PIPELINE_NAME = "asr"
+"""The model clients call (audio -> text)."""
+
+# -- the serving benchmark (``asr-optimize serve-bench``), perf_analyzer's concurrency mode -------------------------
+SERVE_CONCURRENCY = "1,4,16,64"
+SERVE_TARGETS = "pipeline,acoustic"
+SERVE_WINDOW_S = 5.0
+"""Measurement window (perf_analyzer's default measurement interval is 5 s)."""
+SERVE_STABILITY = 0.10
+SERVE_STABLE_WINDOWS = 3
+SERVE_MAX_WINDOWS = 10
+SERVE_MIN_WINDOW_REQUESTS = 5
+SERVE_MAX_LEVEL_S = 120.0
+SERVE_REQUEST_TIMEOUT_S = 60.0
+SERVE_PROCESSES = 1
+SERVE_UTTERANCES = 16
+"""Demo test-set utterances the load cycles through."""
+
+# -- the swap-under-load soak (``asr-optimize soak``) ---------------------------------------------------------------
+SOAK_SWAPS = 20
+SOAK_CONCURRENCY = 4
