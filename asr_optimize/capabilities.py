@@ -45,12 +45,26 @@ def find_tritonserver() -> str | None:
     return None
 
 
+ORT_PROVIDERS = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+"""ONNX Runtime execution providers by the short names runners and options use."""
+
+
+def available_providers() -> list[str]:
+    """Short names of the execution providers this onnxruntime build offers."""
+    import onnxruntime as ort
+
+    names = set(ort.get_available_providers())
+    return [short for short, full in ORT_PROVIDERS.items() if full in names]
+
+
 def detect() -> Capabilities:
     """Probe torch, onnxruntime, tensorrt and tritonserver without side effects."""
     import onnxruntime as ort
     import torch
-
-    from asr_optimize.runners.ort_runner import available_providers
 
     cuda = torch.cuda.is_available()
     gpu_name = cc = None

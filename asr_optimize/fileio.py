@@ -152,11 +152,6 @@ def umask() -> int:
     return current
 
 
-def make_private_dir_shared(folder: Path) -> None:
-    """Give a folder made by ``mkdtemp`` (0700) the mode a plain ``mkdir`` would (0777 & ~umask)."""
-    os.chmod(folder, 0o777 & ~umask())
-
-
 def new_dir(parent: Path, prefix: str) -> Path:
     """A fresh, uniquely named folder under ``parent`` with umask-respecting permissions."""
     parent.mkdir(parents=True, exist_ok=True)

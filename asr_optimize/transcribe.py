@@ -48,6 +48,7 @@ from asr_optimize.model.ctc import (
     greedy_decode,
     word_timestamps,
 )
+from asr_optimize.options import Options
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -67,7 +68,7 @@ DEFAULT_MAX_DURATION_S = 4 * 3600.0
 WIDTH_BUCKET = SAMPLE_RATE  # window batches are padded to whole seconds
 
 
-class ChunkingOptions(BaseModel):
+class ChunkingOptions(Options):
     """How long recordings are cut: windows of ``chunk_s`` seconds overlapping by ``stride_s`` on each side."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from asr_optimize.capabilities import Capabilities
 from asr_optimize.model.source import ResolvedModel
+from asr_optimize.options import Options
 from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store.local import ArtifactStore
 from tasks.backends import pipeline_runner_specs
@@ -24,10 +25,8 @@ from tasks.optimize import OptimizeOptions, optimize_stage, optimize_task
 from tasks.tensorrt_build import EngineOptions, build_engines, tensorrt_task
 
 
-class ArtifactOptions(BaseModel):
+class ArtifactOptions(Options):
     """The options of the stages that build artifacts (a run's ``PipelineOptions`` adds the others)."""
-
-    model_config = {"extra": "forbid"}
 
     export: ExportOptions = Field(default_factory=ExportOptions)
     optimize: OptimizeOptions = Field(default_factory=OptimizeOptions)

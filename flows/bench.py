@@ -17,11 +17,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from asr_optimize import defaults
 from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.model.source import ResolvedModel, init_random_model, resolve_model
+from asr_optimize.options import Options
 from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
 from asr_optimize.quality.eval_sets import load_eval_set
 from asr_optimize.runners.registry import RunnerSpec, baseline_label
@@ -35,7 +36,7 @@ from tasks.evaluate import EvaluateOptions, evaluate_backends
 from tasks.report import benchmark_charts
 
 
-class BenchSuiteOptions(BaseModel):
+class BenchSuiteOptions(Options):
     model: str | None = None  # None: the replica architecture with random weights (speed only)
     accuracy_model: str = str(DEFAULT_MODEL)
     device: str = "cuda"

@@ -2,7 +2,8 @@
 
 Defaults come from ``asr_optimize.settings`` (env ``ASR_OPTIMIZE_*``) and the stage options models, never from
 copies here. Exit codes: 0 ok; 1 the run finished but a stage failed (report written); 2 bad input or a clear,
-non-retryable error; 3 a transient fault that outlasted its retries (Triton, S3 or the hub unreachable).
+non-retryable error; 3 a transient fault that outlasted its retries (Triton, S3 or the hub unreachable); 4 an
+unexpected error (one line; ``ASR_OPTIMIZE_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ for _name, _value in PREFECT_DEFAULTS.items():
 app = typer.Typer(help="Optimize, verify and deploy wav2vec2 CTC speech models.", no_args_is_help=True)
 console = Console()
 
-EXIT_STAGE_FAILED, EXIT_BAD_INPUT, EXIT_TRANSIENT = 1, 2, 3
+EXIT_STAGE_FAILED, EXIT_BAD_INPUT, EXIT_TRANSIENT, EXIT_UNEXPECTED = 1, 2, 3, 4
+MAX_OPTIONS_FILE_BYTES = 1_000_000
 
 
 def _fail(code: int, message: str) -> typer.Exit:
@@ -55,9 +57,14 @@ def load_options_file(path: Path | None) -> dict[str, Any]:
     import yaml
 
     try:
+        if path.stat().st_size > MAX_OPTIONS_FILE_BYTES:
+            raise typer.BadParameter(f"options file {path} is larger than {MAX_OPTIONS_FILE_BYTES:,} bytes; stage "
+                                     "options fit in a few hundred lines")
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise typer.BadParameter(f"cannot read options file {path}: {exc}") from None
+    except RecursionError:
+        raise typer.BadParameter(f"options file {path} is nested too deeply to be stage options") from None
     if not isinstance(data, dict):
         raise typer.BadParameter(f"options file {path} must hold a mapping of stage options, got {type(data).__name__}")
     return data
@@ -126,13 +133,15 @@ def run(
     pipeline_options = build_options(options, overrides)
 
     from flows.asr_optimize import StagesFailed, asr_optimize_flow
+    from flows.prefect_api import prefect_api
 
     _exit_on_sigterm()
     try:
-        summary = asr_optimize_flow(model=model, revision=revision, store=store,
-                                    reports_dir=str(reports) if reports else None, device=device,
-                                    require_gpu=require_gpu, require_tensorrt=require_tensorrt,
-                                    options=pipeline_options)
+        with prefect_api():
+            summary = asr_optimize_flow(model=model, revision=revision, store=store,
+                                        reports_dir=str(reports) if reports else None, device=device,
+                                        require_gpu=require_gpu, require_tensorrt=require_tensorrt,
+                                        options=pipeline_options)
     except StagesFailed as exc:
         raise _fail(EXIT_STAGE_FAILED, str(exc)) from exc
     except AsrOptimizeError as exc:
@@ -394,9 +403,12 @@ def watch(
     store: Annotated[str | None, typer.Option(help="model store [default: ASR_OPTIMIZE_STORE or model_store]")] = None,
 ) -> None:
     """Check watched hub models for new revisions once (the nightly watcher's flow run); prints what it found."""
+    from flows.prefect_api import prefect_api
     from flows.watch_upstream import DEFAULT_WATCHED, watch_upstream_flow
 
-    results = watch_upstream_flow(models=models or DEFAULT_WATCHED, store=store)
+    _exit_on_sigterm()
+    with prefect_api():
+        results = watch_upstream_flow(models=models or DEFAULT_WATCHED, store=store)
     print(json.dumps([r.model_dump() for r in results]))
 
 
@@ -420,5 +432,25 @@ def init_random(
     console.print(f"random-weight model written to {out_dir}")
 
 
+def main() -> None:
+    """The console entry point: every failure is one line and an exit code, never a traceback (set
+    ``ASR_OPTIMIZE_DEBUG=1`` to see one)."""
+    try:
+        app()
+    except MemoryError:
+        console.print("[bold red]asr-optimize failed:[/] out of memory (a larger machine, or smaller batches, "
+                      "inputs or models)")
+        sys.exit(EXIT_UNEXPECTED)
+    except Exception as exc:
+        if os.environ.get("ASR_OPTIMIZE_DEBUG"):
+            raise
+        code = EXIT_BAD_INPUT if isinstance(exc, AsrOptimizeError) else (
+            EXIT_TRANSIENT if isinstance(exc, TransientError) else EXIT_UNEXPECTED)
+        message = " ".join(str(exc).split())[:500] or "(no message)"
+        console.print(f"[bold red]asr-optimize failed:[/] {type(exc).__name__}: {message} "
+                      "(ASR_OPTIMIZE_DEBUG=1 shows the traceback)")
+        sys.exit(code)
+
+
 if __name__ == "__main__":
-    app()
+    main()

@@ -13,11 +13,11 @@ from typing import Any
 from pydantic import BaseModel
 
 from asr_optimize.capabilities import Capabilities
-from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.errors import AsrOptimizeError, StoreError
 from asr_optimize.model.source import ResolvedModel
 from asr_optimize.quality.gate import GateThresholds
 from asr_optimize.runners.registry import RunnerSpec
-from asr_optimize.store.local import ArtifactStore
+from asr_optimize.store.local import ArtifactStore, artifact_ref, slugify_model
 from blocks.triton_target import TritonTarget
 from tasks.common import StageResult, get_logger
 from tasks.deploy_triton import STAGE as DEPLOY_STAGE
@@ -59,13 +59,33 @@ def deploy_or_failed(*args: Any) -> StageResult:
     return StageResult(stage=DEPLOY_STAGE, status="failed", reason=message)
 
 
+def damaged_artifact(store: ArtifactStore, decision: PromotionDecision | None, model: ResolvedModel) -> str | None:
+    """Why the promoted artifact must not be served (a file no longer matches its manifest's sha256, or it is gone
+    from the store), or None. The store verified it when the stages reused it; this checks it again right before
+    it is copied into Triton."""
+    if decision is None or not decision.promoted or not decision.artifact_id:
+        return None
+    if decision.spec is not None and decision.spec.kind == "pytorch":
+        return None  # the model folder itself: pinned by its revision, not a store artifact
+    try:
+        ref, _ = artifact_ref(decision.artifact_id, slugify_model(model.source), model.revision)
+        store.verify_artifact(ref)
+    except StoreError as exc:
+        return str(exc)
+    return None
+
+
 def release(specs: list[RunnerSpec], evaluation: StageResult, benchmark: StageResult, store: ArtifactStore,
             device: str, model: ResolvedModel, eval_set: Any, caps: Capabilities, gate: GateThresholds,
             triton: TritonOptions) -> Release:
     """Promote the fastest servable artifact that passed the gate, deploy it, and record it as production."""
     promotion = promote_task(specs, evaluation, benchmark, store, device, model.source, gate, servable_kinds(triton))
-    deployment = deploy_or_failed(promotion, eval_set, model, caps, triton)
     decision = promotion.output
+    if (damage := damaged_artifact(store, decision, model)) is not None:
+        get_logger().error("%s: %s", DEPLOY_STAGE, damage)
+        deployment = StageResult(stage=DEPLOY_STAGE, status="failed", reason=damage)
+    else:
+        deployment = deploy_or_failed(promotion, eval_set, model, caps, triton)
     moved = decision is not None and decision.promoted and deployment.status in ("ok", "skipped")
     if moved:
         move_production_pointer(store, decision, device, model.source, model.revision,

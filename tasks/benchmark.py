@@ -19,6 +19,7 @@ from rich.progress import Progress
 
 from asr_optimize import defaults
 from asr_optimize.audio.load import make_batch, synthetic_audio
+from asr_optimize.options import Options
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 from asr_optimize.runners.registry import RunnerSpec, baseline_label, build_runner
 from asr_optimize.transcribe import ChunkingOptions, transcribe
@@ -53,7 +54,7 @@ class BenchCase(BaseModel):
         return cases
 
 
-class BenchmarkOptions(BaseModel):
+class BenchmarkOptions(Options):
     cases: list[BenchCase] = Field(default_factory=lambda: BenchCase.parse_list(defaults.BENCH_CASES), min_length=1)
     warmup: int = Field(defaults.BENCH_WARMUP, ge=0)
     iterations: int = Field(defaults.BENCH_ITERATIONS, ge=1)

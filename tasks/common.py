@@ -146,14 +146,15 @@ def source_closure(module: str, roots: tuple[Path, ...] | None = None,
 
 
 @functools.lru_cache(maxsize=64)
-def module_code_hash(module: str) -> str:
+def module_code_hash(module: str, roots: tuple[Path, ...] | None = None,
+                     first_party: tuple[str, ...] = FIRST_PARTY) -> str:
     """Hash of the source of ``module`` and its first-party import closure: the code its artifacts depend on.
 
     A docstring edit in a module the stage never imports leaves the key alone; an edit to anything it imports
     (runners, the engine, parity) moves it, so a stored artifact is never reused across a code change that matters.
     """
     digest = hashlib.sha256()
-    for name, path in sorted(source_closure(module).items()):
+    for name, path in sorted(source_closure(module, roots, first_party).items()):
         digest.update(name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

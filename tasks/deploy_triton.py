@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from asr_optimize.capabilities import Capabilities
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.model.source import ResolvedModel
+from asr_optimize.options import Options
 from asr_optimize.settings import get_settings
 from asr_optimize.triton import repository as repo_mod
 from asr_optimize.triton.health import health_check as run_health_check
@@ -31,7 +32,7 @@ STAGE = "deploy-triton"
 HEALTH_STAGE = "triton-health"
 
 
-class TritonOptions(BaseModel):
+class TritonOptions(Options):
     """Where the promoted artifact is served. No URL: the bundled tritonserver is started on loopback."""
 
     enabled: bool = True

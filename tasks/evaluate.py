@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
 from asr_optimize.model.source import is_speed_only
+from asr_optimize.options import Options
 from asr_optimize.quality.eval_sets import EvalSet, EvalSource, load_eval_set
 from asr_optimize.quality.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.quality.metrics import max_abs_logit_diff, transcript_parity, utterance_table, wer_cer
@@ -27,7 +28,7 @@ from asr_optimize.transcribe import ChunkingOptions, transcribe
 from tasks.common import StageResult, get_logger, retry_on_transient, stage_task
 
 
-class EvaluateOptions(BaseModel):
+class EvaluateOptions(Options):
     source: EvalSource = Field(default_factory=lambda: EvalSource(kind="demo"))
     batch_size: int = Field(8, ge=1)
     chunking: ChunkingOptions = Field(default_factory=ChunkingOptions)

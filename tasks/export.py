@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel
 
 from asr_optimize.errors import ParityError
 from asr_optimize.hashing import hash_waves
-from asr_optimize.model.io_spec import ONNX_EXTERNAL_DATA_NAME, ONNX_NAME, PROTOBUF_LIMIT, WAV2VEC2_CTC, ModelIOSpec
+from asr_optimize.model.io_spec import ONNX_NAME, PROTOBUF_LIMIT, WAV2VEC2_CTC, ModelIOSpec
+from asr_optimize.model.onnx_files import save_onnx
 from asr_optimize.model.source import ResolvedModel, load_model
+from asr_optimize.options import Options
 from asr_optimize.quality.parity import check_parity
 from asr_optimize.runners.ort_runner import OrtRunner
 from asr_optimize.runners.torch_fast import fold_weight_norm
@@ -31,7 +32,7 @@ from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 __all__ = ["ONNX_NAME", "ExportOptions", "export_onnx", "export_stage", "export_task"]
 
 
-class ExportOptions(BaseModel):
+class ExportOptions(Options):
     opset: int = WAV2VEC2_CTC.opset
     with_attention_mask: bool = True
     fold_weight_norm: bool = True
@@ -107,9 +108,7 @@ def _consolidate_external_data(onnx_path: Path) -> bool:
     model = onnx.load(str(onnx_path), load_external_data=True)
     for path in stray:
         path.unlink()
-    onnx.save_model(model, str(onnx_path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=ONNX_EXTERNAL_DATA_NAME, size_threshold=1024)
-    return True
+    return save_onnx(model, onnx_path, external=True)
 
 
 def export_stage(store: ArtifactStore, model: ResolvedModel, opts: ExportOptions,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from asr_optimize.hashing import hash_waves
 from asr_optimize.model.source import ResolvedModel
+from asr_optimize.options import Options
 from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store.local import ArtifactStore
 from tasks.common import StageResult, get_logger, run_cached_stage, skipped, stage_task
@@ -24,9 +25,7 @@ from tasks.common import StageResult, get_logger, run_cached_stage, skipped, sta
 STAGE = "fused-engine"
 
 
-class FusedBuildOptions(BaseModel):
-    model_config = {"extra": "forbid"}
-
+class FusedBuildOptions(Options):
     enabled: bool = True
     precisions: list[Literal["fp16", "fp8"]] = Field(default_factory=lambda: ["fp16", "fp8"])
     calibration_utterances: int = Field(32, ge=1)  # fp8 activation scales come from this much real speech

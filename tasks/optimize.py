@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 import onnx
-from pydantic import BaseModel
 
 from asr_optimize.hashing import hash_waves
 from asr_optimize.model.io_spec import ONNX_NAME, WAV2VEC2_CTC
 from asr_optimize.model.onnx_files import op_counts, save_onnx, size_mb
 from asr_optimize.model.source import ResolvedModel, read_config
+from asr_optimize.options import Options
 from asr_optimize.quality.parity import check_parity
 from asr_optimize.runners.ort_runner import OrtRunner
 from asr_optimize.runners.torch_runner import TorchRunner
@@ -28,7 +28,7 @@ FP32_NAME = "model.opt.onnx"
 FP16_NAME = "model.fp16.onnx"
 
 
-class OptimizeOptions(BaseModel):
+class OptimizeOptions(Options):
     simplify: bool = True
     transformer_fusions: bool = True
     fp16: bool = True

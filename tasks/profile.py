@@ -6,15 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel
 
 from asr_optimize.audio.load import make_batch, synthetic_audio
 from asr_optimize.model.source import ResolvedModel, load_model
+from asr_optimize.options import Options
 from asr_optimize.store.local import ArtifactStore
 from tasks.common import StageResult, get_logger, run_cached_stage, stage_task
 
 
-class ProfileOptions(BaseModel):
+class ProfileOptions(Options):
     device: str = "cpu"
     batch: int = 1
     seconds: float = 4.0

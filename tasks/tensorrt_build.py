@@ -40,6 +40,7 @@ from asr_optimize.hashing import sha256_file
 from asr_optimize.model.io_spec import ONNX_NAME, SAMPLE_RATE
 from asr_optimize.model.onnx_files import save_onnx
 from asr_optimize.model.source import ResolvedModel
+from asr_optimize.options import Options
 from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store.local import ArtifactRef, ArtifactStore, Manifest
 from tasks.common import StageResult, get_logger, run_cached_stage, skipped, stage_task
@@ -82,7 +83,7 @@ def _default_buckets() -> list[ProfileBucket]:
             ProfileBucket(min_seconds=12, opt_seconds=20, max_seconds=30)]
 
 
-class EngineOptions(BaseModel):
+class EngineOptions(Options):
     """How engines are built. Several narrow profiles: one very wide profile makes wav2vec2 engines slow."""
 
     precisions: list[Precision] = Field(default_factory=lambda: ["fp32", "fp16", "mixed"])

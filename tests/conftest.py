@@ -11,6 +11,7 @@ with ``needs <name>: <reason>``. The names and their probes are in ``tests/suppo
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,10 @@ from tests.support.assets import DEMO_MODEL, TINY_OVERRIDES, VOCAB_DIR
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Prefect's home (its SQLite database, profiles) under a temporary folder, and no outside API: tests write only to
+# temporary folders. Set before anything imports prefect, which reads its settings once.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="asr-optimize-tests-prefect-")
+os.environ.pop("PREFECT_API_URL", None)
 
 
 # ---------------------------------------------------------------------------------------- the requires marker

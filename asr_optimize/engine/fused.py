@@ -31,10 +31,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from asr_optimize.engine import kernels as K
 from asr_optimize.errors import UnsupportedModelError
+from asr_optimize.options import Options
 
 ENGINE_FORMAT = 1
 ENGINE_JSON = "engine.json"
@@ -45,7 +46,7 @@ COPIED_FILES = ("config.json", "vocab.json", "preprocessor_config.json", "tokeni
                 "special_tokens_map.json", "added_tokens.json")
 
 
-class FusedEngineOptions(BaseModel):
+class FusedEngineOptions(Options):
     """How to build (and by default run) a fused engine."""
 
     precision: Literal["fp16", "fp8"] = "fp16"

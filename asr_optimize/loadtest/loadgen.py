@@ -42,7 +42,8 @@ from pydantic import BaseModel, Field
 from asr_optimize import defaults
 from asr_optimize.loadtest.charts import markdown_table, save_chart
 from asr_optimize.model.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
-from asr_optimize.triton import auth
+from asr_optimize.options import Options
+from asr_optimize.triton.endpoint import grpc_address, grpc_client
 from asr_optimize.triton.names import TritonModelName
 from asr_optimize.triton.repository import DEFAULT_MODEL_NAME, DEFAULT_PIPELINE_NAME
 
@@ -53,7 +54,7 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-class ServeBenchOptions(BaseModel):
+class ServeBenchOptions(Options):
     """The sweep and perf_analyzer-style measurement settings."""
 
     concurrency: list[int] = Field(default_factory=lambda: _ints(defaults.SERVE_CONCURRENCY), min_length=1)
@@ -340,9 +341,7 @@ def _child_load(url: str, target: Target, model: str, version: str, clips: list[
     flight until ``stop`` is set; records go to ``out`` every 0.2 s, after a ("ready",) message."""
 
     async def main() -> None:
-        import tritonclient.grpc.aio as grpcclient
-
-        client = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
+        client = grpc_client(url)
         payloads = _payloads(target, clips, with_mask)
         batch: list[tuple[float, float, str | None]] = []
         out.put(("ready",))
@@ -525,10 +524,7 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
 
 
 async def _sweep(url: str, waves: list[np.ndarray], opts: ServeBenchOptions, progress: Any | None) -> list[LevelResult]:
-    import tritonclient.grpc.aio as grpcclient
-
-    raw = grpcclient.InferenceServerClient(url.removeprefix("grpc://"))
-    client = auth.KeyedClient(raw, auth.grpc_headers(url))
+    client = grpc_client(url)
     rows: list[LevelResult] = []
     try:
         if not await client.is_server_live():
@@ -553,7 +549,7 @@ async def _sweep(url: str, waves: list[np.ndarray], opts: ServeBenchOptions, pro
                     if progress is not None:
                         progress(row)
     finally:
-        await raw.close()
+        await client.close()
     return rows
 
 
@@ -594,10 +590,8 @@ def serve_bench(
     ``waves``: 16 kHz utterances (default: the demo test set). ``out_dir``: also write CSV, markdown, JSON, charts.
     ``progress``: called with each ``LevelResult`` as it completes. Raises ``ConnectionError`` if Triton is down.
     """
-    from asr_optimize.triton.server import grpc_url_for
-
     opts = opts or ServeBenchOptions()
-    url = grpc_url_for(url) or url
+    url = grpc_address(url)
     waves = waves if waves is not None else demo_audio()
     if not waves:
         raise ValueError("serve_bench needs at least one utterance")
@@ -634,10 +628,7 @@ class BackgroundLoad:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
 
     async def _main(self) -> None:
-        import tritonclient.grpc.aio as grpcclient
-
-        raw = grpcclient.InferenceServerClient(self.url.removeprefix("grpc://"))
-        client = auth.KeyedClient(raw, auth.grpc_headers(self.url))
+        client = grpc_client(self.url)
         payloads = _payloads("pipeline", self.waves, True)
 
         async def worker(first: int) -> None:
@@ -661,7 +652,7 @@ class BackgroundLoad:
         try:
             await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
         finally:
-            await raw.close()
+            await client.close()
 
     def start(self) -> BackgroundLoad:
         self._thread.start()

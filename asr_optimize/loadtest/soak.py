@@ -23,13 +23,14 @@ from pydantic import BaseModel, Field
 from asr_optimize import defaults
 from asr_optimize.loadtest.charts import markdown_table, save_chart
 from asr_optimize.loadtest.loadgen import BackgroundLoad, RequestRecord, fit_duration
+from asr_optimize.options import Options
 from asr_optimize.triton.gpu_memory import gpu_memory
 from asr_optimize.triton.hotswap import CanarySet, SwapOptions, hot_swap
 
 CPU_NOTE = "n/a on CPU"
 
 
-class SoakOptions(BaseModel):
+class SoakOptions(Options):
     swaps: int = Field(defaults.SOAK_SWAPS, ge=1)
     concurrency: int = Field(defaults.SOAK_CONCURRENCY, ge=1)
     steady_s: float = Field(5.0, ge=0)
@@ -238,7 +239,8 @@ def soak_canary(http_url: str, model_dir: Path, reference: Literal["self", "torc
 
         texts, _ = transcribe(TorchRunner(model_dir), waves, model_dir)
     else:
-        from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+        from asr_optimize.triton.endpoint import http_client
+        from asr_optimize.triton.hotswap import pipeline_transcribe
 
         texts = pipeline_transcribe(http_client(http_url), pipeline_name, waves)
     return CanarySet([u.id for u in utts], waves, list(texts), None)

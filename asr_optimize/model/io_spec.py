@@ -1,7 +1,8 @@
 """The model's input/output contract, written once (in the spirit of optimum's ``OnnxConfig``).
 
-Export, every runner, the TensorRT profiles and the Triton configs read names, axes and the sample rate from
-here, so a renamed tensor or a new axis is one edit.
+Export, the ONNX Runtime, TensorRT and Triton runners and the Triton repository read tensor names, axes and the
+sample rate from here. The Triton python-backend models (``asr_optimize/triton/backends``) run inside the server
+without this package and spell the same names out.
 """
 
 from __future__ import annotations
@@ -34,6 +35,5 @@ class ModelIOSpec(BaseModel, frozen=True):
 
 WAV2VEC2_CTC = ModelIOSpec()
 ONNX_NAME = "model.onnx"
-ONNX_EXTERNAL_DATA_NAME = "model.onnx.data"
 PROTOBUF_LIMIT = 1_900_000_000
 """Above this many bytes an ONNX model is saved with external data (protobuf's hard limit is 2 GiB)."""

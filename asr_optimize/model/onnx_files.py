@@ -1,4 +1,5 @@
-"""Reading and writing ONNX files the same way everywhere (external data above the protobuf limit)."""
+"""Writing ONNX files one way (weights in ``<name>.data`` beside the graph above the protobuf limit) and reading
+their sizes and operator counts; the export and optimize stages both save through ``save_onnx``."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ from typing import Any
 from asr_optimize.model.io_spec import PROTOBUF_LIMIT
 
 
-def save_onnx(model: Any, path: Path) -> None:
-    """Save ``model`` at ``path``; weights go to ``<name>.data`` beside it when the graph is too big for protobuf."""
+def save_onnx(model: Any, path: Path, external: bool | None = None) -> bool:
+    """Save ``model`` at ``path``; weights go to ``<name>.data`` beside it when the graph is too big for protobuf
+    (or when ``external`` says so). Returns whether they did."""
     import onnx
 
-    large = model.ByteSize() > PROTOBUF_LIMIT
-    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+    external = model.ByteSize() > PROTOBUF_LIMIT if external is None else external
+    onnx.save_model(model, str(path), save_as_external_data=external, all_tensors_to_one_file=True,
                     location=path.name + ".data")
+    return external
 
 
 def op_counts(path: Path) -> dict[str, int]:

@@ -20,10 +20,11 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from asr_optimize.options import Options
 from asr_optimize.quality.metrics import ErrorRates, ParityStats
 
 
-class GateThresholds(BaseModel):
+class GateThresholds(Options):
     """Gate limits. Deltas are absolute fractions: 0.005 = 0.5 WER points."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")

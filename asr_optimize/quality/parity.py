@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from asr_optimize.quality.metrics import ParityStats, max_abs_logit_diff, transcript_parity
-from asr_optimize.runners.base import Runner
 from asr_optimize.transcribe import transcribe
+
+if TYPE_CHECKING:  # types only: runners build on the quality checks, not the other way round
+    from asr_optimize.runners.base import Runner
 
 
 def parity_audio(count: int) -> list[np.ndarray]:

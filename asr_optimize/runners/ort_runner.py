@@ -14,21 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from asr_optimize.capabilities import ORT_PROVIDERS as PROVIDERS
+from asr_optimize.capabilities import available_providers
+from asr_optimize.model.io_spec import WAV2VEC2_CTC as IO
 from asr_optimize.runners.base import Runner, RunnerUnavailable
-
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-
-
-def available_providers() -> list[str]:
-    """Short names of the execution providers this onnxruntime build offers."""
-    import onnxruntime as ort
-
-    names = set(ort.get_available_providers())
-    return [short for short, full in PROVIDERS.items() if full in names]
 
 
 class OrtRunner(Runner):
@@ -56,7 +45,7 @@ class OrtRunner(Runner):
         self.device = provider
         self.precision = precision
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.uses_attention_mask = "attention_mask" in self.input_names
+        self.uses_attention_mask = IO.mask_input in self.input_names
         self.on_gpu = provider in ("cuda", "tensorrt")
         if cuda_graph:
             self.backend = "onnxruntime-graph"
@@ -89,11 +78,11 @@ class OrtRunner(Runner):
         return model.SerializeToString()
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> Any:
-        feeds = {"input_values": np.ascontiguousarray(input_values, dtype=np.float32)}
+        feeds = {IO.audio_input: np.ascontiguousarray(input_values, dtype=np.float32)}
         if self.uses_attention_mask:
             if attention_mask is None:
                 attention_mask = np.ones(input_values.shape, dtype=np.int64)
-            feeds["attention_mask"] = np.ascontiguousarray(attention_mask, dtype=np.int64)
+            feeds[IO.mask_input] = np.ascontiguousarray(attention_mask, dtype=np.int64)
         if not self.on_gpu:
             return feeds
         if self.cuda_graph:
@@ -101,25 +90,25 @@ class OrtRunner(Runner):
         binding = self.session.io_binding()
         for name, array in feeds.items():
             binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
-        binding.bind_output("logits", "cuda", 0)
+        binding.bind_output(IO.output, "cuda", 0)
         return binding
 
     def _graph_binding(self, feeds: dict[str, np.ndarray]) -> Any:
         """A session + binding with fixed device buffers for this shape; the first run captures the graph."""
-        shape = feeds["input_values"].shape
-        logits_shape = self.session.run(["logits"], feeds)[0].shape  # output size for this input shape
+        shape = feeds[IO.audio_input].shape
+        logits_shape = self.session.run([IO.output], feeds)[0].shape  # output size for this input shape
         session = self.graph_sessions.get(shape) or self._session("cuda", cuda_graph=True, fixed_shape=shape)
         self.graph_sessions[shape] = session
         binding = session.io_binding()
         for name, array in feeds.items():
             binding.bind_ortvalue_input(name, self.ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
         output = self.ort.OrtValue.ortvalue_from_shape_and_type(logits_shape, np.float32, "cuda", 0)
-        binding.bind_ortvalue_output("logits", output)
+        binding.bind_ortvalue_output(IO.output, output)
         return session, binding
 
     def run_prepared(self, prepared: Any) -> Any:
         if not self.on_gpu:
-            return self.session.run(["logits"], prepared)[0]
+            return self.session.run([IO.output], prepared)[0]
         session, binding = prepared if isinstance(prepared, tuple) else (self.session, prepared)
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()

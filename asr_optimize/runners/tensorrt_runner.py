@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as np
 
+from asr_optimize.model.io_spec import WAV2VEC2_CTC as IO
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 
-OUTPUT_NAME = "logits"
+OUTPUT_NAME = IO.output
 _NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "int32": np.int32, "int64": np.int64,
                 "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
 
@@ -91,7 +92,7 @@ class TensorRTRunner(Runner):
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if n not in self.input_names]
         self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
-        self.uses_attention_mask = "attention_mask" in self.input_names
+        self.uses_attention_mask = IO.mask_input in self.input_names
         self.dtypes = {n: numpy_dtype(trt, self.engine.get_tensor_dtype(n)) for n in names}
         first = self.input_names[0]
         self.profiles = [tuple(tuple(dims) for dims in self.engine.get_tensor_profile_shape(first, p))
@@ -114,9 +115,9 @@ class TensorRTRunner(Runner):
         """Copy the batch to the device (through pinned memory) and allocate the output for its shape."""
         torch = self.torch
         shape = (int(input_values.shape[0]), int(input_values.shape[1]))
-        host = {"input_values": input_values}
+        host = {IO.audio_input: input_values}
         if self.uses_attention_mask:
-            host["attention_mask"] = np.ones(shape, dtype=np.int64) if attention_mask is None else attention_mask
+            host[IO.mask_input] = np.ones(shape, dtype=np.int64) if attention_mask is None else attention_mask
         prepared = Prepared(shape=shape, profile=select_profile(self.profiles, shape), inputs={}, output=None)
         with torch.cuda.stream(self.stream):
             for name in self.input_names:

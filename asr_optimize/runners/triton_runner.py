@@ -12,7 +12,9 @@ from typing import Any
 import numpy as np
 
 from asr_optimize import defaults
+from asr_optimize.model.io_spec import WAV2VEC2_CTC as IO
 from asr_optimize.runners.base import Runner, RunnerUnavailable
+from asr_optimize.triton.endpoint import http_client
 
 
 class TritonRunner(Runner):
@@ -34,8 +36,7 @@ class TritonRunner(Runner):
         self.model_name = model_name
         self.version = "" if version is None else str(version)
         self.device, self.precision = device, precision
-        self.client = httpclient.InferenceServerClient(self.url, connection_timeout=timeout_s,
-                                                       network_timeout=timeout_s)
+        self.client = http_client(self.url, timeout_s)
         try:
             metadata = self.client.get_model_metadata(model_name, self.version)
             config = self.client.get_model_config(model_name, self.version)
@@ -43,7 +44,7 @@ class TritonRunner(Runner):
             raise RunnerUnavailable(f"Triton at {self.url} has no ready model {model_name!r} "
                                     f"(version {self.version or 'default'}): {exc}") from exc
         self.input_names = [t["name"] for t in metadata["inputs"]]
-        self.uses_attention_mask = "attention_mask" in self.input_names
+        self.uses_attention_mask = IO.mask_input in self.input_names
         self.max_batch_size = int(config.get("max_batch_size", 0)) or 1
 
     def prepare(self, input_values: np.ndarray, attention_mask: np.ndarray | None) -> Any:
@@ -52,10 +53,10 @@ class TritonRunner(Runner):
             attention_mask = np.ones(values.shape, dtype=np.int64)
         requests = []
         for start in range(0, values.shape[0], self.max_batch_size):
-            feeds = {"input_values": values[start : start + self.max_batch_size]}
+            feeds = {IO.audio_input: values[start : start + self.max_batch_size]}
             if self.uses_attention_mask:
                 assert attention_mask is not None
-                feeds["attention_mask"] = np.ascontiguousarray(attention_mask[start : start + self.max_batch_size],
+                feeds[IO.mask_input] = np.ascontiguousarray(attention_mask[start : start + self.max_batch_size],
                                                                dtype=np.int64)
             inputs = []
             for name, array in feeds.items():
@@ -66,12 +67,12 @@ class TritonRunner(Runner):
         return requests
 
     def run_prepared(self, prepared: Any) -> Any:
-        outputs = [self.http.InferRequestedOutput("logits")]
+        outputs = [self.http.InferRequestedOutput(IO.output)]
         return [self.client.infer(self.model_name, inputs, model_version=self.version, outputs=outputs)
                 for inputs in prepared]
 
     def to_numpy(self, output: Any) -> np.ndarray:
-        return np.concatenate([r.as_numpy("logits") for r in output]).astype(np.float32, copy=False)
+        return np.concatenate([r.as_numpy(IO.output) for r in output]).astype(np.float32, copy=False)
 
     def close(self) -> None:
         self.client.close()

@@ -214,16 +214,20 @@ def read_manifest(path: Path) -> Manifest | None:
 
 
 def runtime_environment() -> dict[str, str]:
-    """Versions that decide whether an artifact is valid elsewhere."""
-    import onnxruntime
-    import torch
+    """Versions that decide whether an artifact is valid elsewhere (read from package metadata: the store does not
+    import torch)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "host": platform.node(),
-    }
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    onnxruntime = next((v for v in map(installed, ("onnxruntime-gpu", "onnxruntime")) if v != "not installed"),
+                       "not installed")
+    return {"python": platform.python_version(), "torch": installed("torch"), "onnxruntime": onnxruntime,
+            "host": platform.node()}
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -490,8 +494,3 @@ class LocalArtifactStore(ArtifactStore):
         with disk_full_errors(history), open(history, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
         write_json_atomic(path, record)
-
-
-def elapsed(start: float) -> float:
-    """Seconds since ``start`` (time.perf_counter), rounded for manifests."""
-    return round(time.perf_counter() - start, 3)

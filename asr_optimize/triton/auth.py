@@ -6,17 +6,15 @@ a python model and run code as the server's user. The bundled server is started 
 in this package (hot-swap, health, the load generator, the soak) sends it. Inference, health, metadata, model
 config (read-only) and statistics stay open so ordinary clients and the Triton runner keep working.
 
-Keys are found by URL: a server started in this process registers its key under its HTTP and gRPC addresses;
-for a server started elsewhere set ``ASR_OPTIMIZE_TRITON_API_KEY`` (a child process, e.g. a subprocess running a
-swap, inherits it from ``TritonServer.client_env()``).
+Keys travel with the endpoint (``asr_optimize.triton.endpoint``): a server started in this process registers its
+key; for a server started elsewhere set ``ASR_OPTIMIZE_TRITON_API_KEY`` (a child process, e.g. a subprocess running
+a swap, inherits it from ``TritonServer.client_env()``).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import os
-import threading
 from typing import Any
 
 KEY_ENV = "ASR_OPTIMIZE_TRITON_API_KEY"
@@ -26,41 +24,6 @@ GRPC_HEADER = f"triton-grpc-protocol-{HEADER}"
 RESTRICTED = ("model-repository", "shared-memory", "trace", "logging")
 """Write-capable or file-touching APIs: load/unload (with config or file overrides), repository index, shared-memory
 regions (map host memory), trace and log settings (write files)."""
-
-_lock = threading.Lock()
-_keys: dict[str, str] = {}
-
-
-def _norm(url: str) -> str:
-    return url.removeprefix("http://").removeprefix("https://").removeprefix("grpc://").rstrip("/")
-
-
-def register(url: str, key: str) -> None:
-    with _lock:
-        _keys[_norm(url)] = key
-
-
-def unregister(url: str) -> None:
-    with _lock:
-        _keys.pop(_norm(url), None)
-
-
-def key_for(url: str) -> str | None:
-    """The key for the server at ``url``: one this process started, else ``$ASR_OPTIMIZE_TRITON_API_KEY``."""
-    with _lock:
-        key = _keys.get(_norm(url))
-    return key or os.environ.get(KEY_ENV) or None
-
-
-def http_headers(url: str) -> dict[str, str]:
-    key = key_for(url)
-    return {HEADER: key} if key else {}
-
-
-def grpc_headers(url: str) -> dict[str, str]:
-    key = key_for(url)
-    return {GRPC_HEADER: key} if key else {}
-
 
 def server_flags(key: str) -> list[str]:
     """tritonserver flags restricting ``RESTRICTED`` to requests that carry ``key`` (Triton 2.51 syntax).

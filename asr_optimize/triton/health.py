@@ -10,7 +10,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from asr_optimize.triton import repository as repo_mod
-from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+from asr_optimize.triton.endpoint import http_client
+from asr_optimize.triton.hotswap import pipeline_transcribe
 from asr_optimize.triton.names import check_model_name
 
 

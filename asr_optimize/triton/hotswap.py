@@ -36,10 +36,12 @@ from pydantic import BaseModel, Field, model_validator
 
 from asr_optimize.errors import TransientError
 from asr_optimize.fileio import atomic_write_text
+from asr_optimize.options import Options
 from asr_optimize.quality.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.quality.metrics import transcript_parity, wer_cer
-from asr_optimize.triton import auth, journal, snapshot
+from asr_optimize.triton import journal, snapshot
 from asr_optimize.triton import repository as repo_mod
+from asr_optimize.triton.endpoint import http_client
 from asr_optimize.triton.names import InvalidModelName, TritonModelName, check_model_name, repo_path
 from asr_optimize.triton.repository import BatchingOptions, ModelKind, RepositoryError
 
@@ -70,7 +72,7 @@ def check_swap_names(model_name: str, pipeline_name: str) -> None:
                                "of the repository and need two names")
 
 
-class SwapOptions(BaseModel):
+class SwapOptions(Options):
     model_name: TritonModelName = repo_mod.DEFAULT_MODEL_NAME
     pipeline_name: TritonModelName = repo_mod.DEFAULT_PIPELINE_NAME
     kind: ModelKind | None = None
@@ -159,20 +161,6 @@ class SwapDecision(BaseModel):
                       "|---|---|---|"]
             lines += [f"| {r.id} | {r.reference} | {r.triton} |" for r in differing]
         return "\n".join(lines)
-
-
-def http_client(url: str, timeout_s: float = 60.0) -> Any:
-    """A tritonclient HTTP client that sends the restricted-API key of the server at ``url`` (if any)."""
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(
-        url.removeprefix("http://"), connection_timeout=timeout_s, network_timeout=timeout_s
-    )
-    return auth.KeyedClient(client, auth.http_headers(url))
-
-
-class GpuMemoryError(RepositoryError):
-    """Free GPU memory cannot hold the new version beside the serving one; nothing was changed."""
 
 
 def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,

@@ -40,6 +40,8 @@ from asr_optimize.fileio import atomic_write_text, safe_join
 from asr_optimize.hashing import sha256_file
 from asr_optimize.model.ctc import CtcVocabulary
 from asr_optimize.model.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
+from asr_optimize.model.io_spec import WAV2VEC2_CTC as IO
+from asr_optimize.options import Options
 from asr_optimize.transcribe import ChunkingOptions
 from asr_optimize.triton.backends import CTC_PIPELINE, FUSED_ACOUSTIC, ORT_ACOUSTIC
 from asr_optimize.triton.names import TritonModelName, check_model_name, repo_path
@@ -66,7 +68,7 @@ class IntegrityError(RepositoryError):
     """A file of a deployed version (or of a candidate) does not match the sha256 recorded for it."""
 
 
-class BatchingOptions(BaseModel):
+class BatchingOptions(Options):
     """Scheduler settings of the acoustic model (the batcher only merges requests of the same shape)."""
 
     max_batch_size: int = Field(8, ge=1)
@@ -346,7 +348,7 @@ def write_acoustic_version(
         elif kind == "tensorrt_plan":
             model_file = "model.plan"
             shutil.copy2(artifact, staging / model_file)
-            inputs = list((artifact_manifest or {}).get("inputs", ["input_values", "attention_mask"]))
+            inputs = list((artifact_manifest or {}).get("inputs", [IO.audio_input, IO.mask_input]))
         else:
             model_file = "model.onnx"
             inputs = onnx_inputs(artifact)

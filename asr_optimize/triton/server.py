@@ -37,8 +37,9 @@ from types import TracebackType
 
 from asr_optimize.capabilities import find_tritonserver
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.triton import auth, keyshim
+from asr_optimize.triton import auth, endpoint, keyshim
 from asr_optimize.triton.journal import pid_alive
+from asr_optimize.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 STUB_ENV_VAR = "ASR_OPTIMIZE_TRITON_STUB_ENV"
@@ -50,45 +51,6 @@ ENV_ALLOW = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDI
 ENV_ALLOW_PREFIXES = ("LC_",)
 """Variables the server (and every python model it runs) may see; credentials (AWS_*, HF_TOKEN, PREFECT_API_KEY)
 never reach it. ``TritonServer(env_passthrough=[...])`` adds more by name."""
-
-_WATCHDOG = r"""
-import os, shutil, signal, sys, time
-pid, pgid, work_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-try:
-    sys.stdin.buffer.read()  # EOF: the owner closed the pipe or died
-except BaseException:
-    pass
-def alive():
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return b"tritonserver" in fh.read()
-    except OSError:
-        return False
-if alive():
-    try:
-        os.killpg(pgid, signal.SIGTERM)
-    except OSError:
-        pass
-    deadline = time.monotonic() + 15
-    while alive() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-if work_dir:
-    shutil.rmtree(work_dir, ignore_errors=True)
-"""
-
-
-_RUNNING: dict[str, str] = {}
-"""HTTP address -> gRPC address of the servers this process started (the deploy stage only passes HTTP URLs)."""
-
-
-def grpc_url_for(http_url: str) -> str | None:
-    """The gRPC address of a bundled server started in this process, given its HTTP address."""
-    return _RUNNING.get(http_url.removeprefix("http://").rstrip("/"))
 
 
 class TritonServerError(AsrOptimizeError):
@@ -266,7 +228,7 @@ class TritonServer:
         self.stale_pending_s = stale_pending_s
         """A pending swap of another host is repaired at start once older than this (None: the journal's default)."""
         self.process: subprocess.Popen[bytes] | None = None
-        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watchdog: Watchdog | None = None
         self.reconciled: list[str] = []
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.log_path = self.work_dir / "tritonserver.log"
@@ -278,6 +240,11 @@ class TritonServer:
     @property
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def endpoint(self) -> endpoint.TritonEndpoint:
+        """This server's addresses and key, as clients in this process find them."""
+        return endpoint.TritonEndpoint(http=self.http_url, grpc=self.grpc_url, api_key=self.api_key)
 
     @property
     def metrics_url(self) -> str:
@@ -306,26 +273,15 @@ class TritonServer:
         return {auth.KEY_ENV: self.api_key} if self.api_key else {}
 
     def _start_watchdog(self) -> None:
-        """A helper that outlives us only to kill the server's group and remove the work dir when we die."""
+        """Kill the server's process group and remove our work folder if this process dies."""
         assert self.process is not None
-        work_dir = str(self.work_dir) if self._own_work_dir else ""
-        self._watchdog = subprocess.Popen(
-            [sys.executable, "-I", "-c", _WATCHDOG, str(self.process.pid), str(self.process.pid), work_dir],
-            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
+        self._watchdog = Watchdog(self.process.pid, "tritonserver", group=True,
+                                  work_dir=str(self.work_dir) if self._own_work_dir else "")
 
     def _stop_watchdog(self) -> None:
-        if self._watchdog is None:
-            return
-        with contextlib.suppress(OSError):
-            assert self._watchdog.stdin is not None
-            self._watchdog.stdin.close()
-        try:
-            self._watchdog.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._watchdog.kill()
-            self._watchdog.wait(timeout=5)
-        self._watchdog = None
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
 
     def start(self, timeout_s: float = 120.0) -> TritonServer:
         """Launch and wait until the server is live and the requested models are ready."""
@@ -363,10 +319,7 @@ class TritonServer:
             self._start_watchdog()
             state = self._wait_ready(timeout_s)
             if state == "ready":
-                if self.api_key:
-                    auth.register(self.http_url, self.api_key)
-                    auth.register(self.grpc_url, self.api_key)
-                _RUNNING[self.http_url] = self.grpc_url
+                endpoint.register(self.endpoint)
                 return self
             tail = self.log_tail()
             in_use = "address already in use" in tail.lower()
@@ -407,9 +360,7 @@ class TritonServer:
 
     def stop(self, timeout_s: float = 20.0) -> None:
         """SIGTERM (Triton finishes in-flight requests), then SIGKILL of its whole group if it hangs."""
-        auth.unregister(self.http_url)
-        auth.unregister(self.grpc_url)
-        _RUNNING.pop(self.http_url, None)
+        endpoint.unregister(self.endpoint)
         if self.process is None:
             self._stop_watchdog()
             return

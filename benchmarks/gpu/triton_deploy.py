@@ -120,7 +120,8 @@ def deploy(
     """Start from an empty repository and deploy ARTIFACT as version 1 through hot_swap (canary, promotion)."""
     from asr_optimize.transcribe import transcribe
     from asr_optimize.triton import repository as repo_mod
-    from asr_optimize.triton.hotswap import CanarySet, hot_swap, http_client, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import CanarySet, hot_swap, pipeline_transcribe
 
     root: Path = STATE["repository"]
     shutil.rmtree(root, ignore_errors=True)
@@ -189,7 +190,8 @@ def soak(
     from asr_optimize.loadtest.soak import SoakOptions
     from asr_optimize.loadtest.soak import soak as run_soak
     from asr_optimize.triton import repository as repo_mod
-    from asr_optimize.triton.hotswap import CanarySet, http_client, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import CanarySet, pipeline_transcribe
 
     artifact = artifact.resolve()
     copy = STATE["repository"].parent / f"{STATE['repository'].name}-copy" / artifact.name

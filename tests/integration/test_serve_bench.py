@@ -31,14 +31,15 @@ def deployed(demo_onnx: Path, tmp_path_factory: pytest.TempPathFactory):
 
 
 def _transcripts(server, waves: list[np.ndarray], pipeline: str = PIPELINE) -> list[str]:
-    from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import pipeline_transcribe
 
     return pipeline_transcribe(http_client(server.http_url), pipeline, waves)
 
 
 def _add_pipeline(server, name: str, batching: repo_mod.BatchingOptions, chunking: bool = True) -> None:
     """A second pipeline over the same acoustic v1 with other bucket / chunking settings."""
-    from asr_optimize.triton.hotswap import http_client
+    from asr_optimize.triton.endpoint import http_client
 
     repo_mod.write_pipeline(server.repository, name, DEMO_MODEL, MODEL, 1, True, 8, batching)
     if not chunking:

@@ -44,7 +44,8 @@ def _tree(folder: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def _texts(url: str, waves) -> list[str]:
-    from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import pipeline_transcribe
 
     return pipeline_transcribe(http_client(url), PIPELINE, waves)
 
@@ -106,7 +107,8 @@ def test_refused_gpu_swap_restores_every_config_byte_for_byte(tmp_path: Path, ar
     """A swap whose config asks for KIND_GPU on this CPU-only host cannot load: it is rolled back, the acoustic and
     pipeline configs and files are byte-identical to before, v1 keeps serving, and a fresh server start loads."""
     from asr_optimize.triton import journal
-    from asr_optimize.triton.hotswap import SwapOptions, hot_swap, http_client
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import SwapOptions, hot_swap
     from asr_optimize.triton.server import TritonServer
 
     repo = tmp_path / "repo"

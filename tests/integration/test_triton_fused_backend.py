@@ -64,7 +64,7 @@ def _batched(url: str, pipeline: str, waves: list[np.ndarray], rows: int = 4) ->
     """Ragged requests of ``rows`` utterances (audio + audio_length): the pipeline batches them per bucket."""
     import tritonclient.http as httpclient
 
-    from asr_optimize.triton.hotswap import http_client
+    from asr_optimize.triton.endpoint import http_client
 
     client = http_client(url)
     texts = []
@@ -111,7 +111,7 @@ def _acoustic_matches_in_process(url: str, engine: Path, waves: list[np.ndarray]
 
     from asr_optimize.audio.load import make_batch
     from asr_optimize.runners.fused_engine import FusedRunner
-    from asr_optimize.triton.hotswap import http_client
+    from asr_optimize.triton.endpoint import http_client
 
     batch = make_batch(waves)
     runner = FusedRunner(engine, device="cpu", precision="fp32")
@@ -133,7 +133,8 @@ def _acoustic_matches_in_process(url: str, engine: Path, waves: list[np.ndarray]
 
 
 def test_swap_between_onnx_and_fused_keeps_serving(triton, engine: Path, demo_onnx: Path) -> None:
-    from asr_optimize.triton.hotswap import CanarySet, SwapOptions, hot_swap, http_client, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import CanarySet, SwapOptions, hot_swap, pipeline_transcribe
 
     model, pipeline = "am_mixed", "asr_mixed"
     ids, waves = _waves()

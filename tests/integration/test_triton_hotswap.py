@@ -86,7 +86,8 @@ def _deploy(server, good_model: Path, onnx_files: dict[str, Path], canary, versi
 
 
 def _transcripts(server, waves: list[np.ndarray]) -> list[str]:
-    from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import pipeline_transcribe
 
     return pipeline_transcribe(http_client(server.http_url), PIPELINE, waves)
 
@@ -148,7 +149,7 @@ def test_canary_failure_rolls_back(server, good_model, onnx_files, canary) -> No
 
 def test_corrupt_version_rolls_back(server, good_model, onnx_files, canary) -> None:
     """(b) weights ONNX Runtime refuses fail to load in Triton: rolled back; garbage is refused before writing."""
-    from asr_optimize.triton.hotswap import http_client
+    from asr_optimize.triton.endpoint import http_client
 
     _deploy(server, good_model, onnx_files, canary, versions=2)
     with ClientLoop(server.http_url, PIPELINE, canary.waves[1]) as loop:

@@ -155,7 +155,7 @@ def test_other_user_cannot_find_the_key_or_load_a_model(tmp_path: Path) -> None:
         assert _post(f"http://{server.http_url}/v2/models/pwned/ready", b"")[0] != 200
 
         # the flow's own client, with the key: load (same file-override request), then unload
-        headers = auth.http_headers(server.http_url)
+        headers = server.endpoint.http_headers()
         status, body = _post(f"http://{server.http_url}/v2/repository/models/legit/load",
                              load_body("legit", str(legit)), headers)
         assert status == 200, body

@@ -90,8 +90,8 @@ def test_restricted_api_and_clean_environment(tmp_path: Path, monkeypatch: pytes
             client.get_model_repository_index()
         assert not (tmp_path / "evil-ran.json").exists()
         assert _post(f"{base}/v2/repository/index", {auth.HEADER: "wrong"})[0] == 403
-        assert _post(f"{base}/v2/repository/index", auth.http_headers(server.http_url))[0] == 200
-        assert client.get_model_repository_index(headers=auth.grpc_headers(server.grpc_url)) is not None
+        assert _post(f"{base}/v2/repository/index", server.endpoint.http_headers())[0] == 200
+        assert client.get_model_repository_index(headers=server.endpoint.grpc_headers()) is not None
         assert client.is_server_ready() and client.is_model_ready("envdump")  # health stays open
         x = grpcclient.InferInput("x", [1], "FP32")
         x.set_data_from_numpy(__import__("numpy").zeros(1, "float32"))
@@ -149,7 +149,8 @@ def test_sigkill_of_the_owner_leaves_no_server(tmp_path: Path) -> None:
 CRASHING_SWAP = _script('''
     from asr_optimize.quality.eval_sets import EvalSource, load_eval_set
     from asr_optimize.triton import hotswap
-    from asr_optimize.triton.hotswap import CanarySet, SwapOptions, hot_swap, http_client, pipeline_transcribe
+    from asr_optimize.triton.hotswap import CanarySet, SwapOptions, hot_swap, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
     root, artifact, model_dir, url, crash_at = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), *sys.argv[4:]
     utts = load_eval_set(EvalSource(max_samples=3)).utterances
     waves = [u.audio for u in utts]
@@ -184,7 +185,8 @@ def canary():
 
 
 def _texts(url: str, waves) -> list[str]:
-    from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import pipeline_transcribe
 
     return pipeline_transcribe(http_client(url), PIPELINE, waves)
 
@@ -194,7 +196,8 @@ def test_sigkill_mid_swap_then_reconcile(tmp_path: Path, artifacts, canary, cras
     """SIGKILL of a process in the middle of a swap: reconcile removes the unconfirmed v2 and v1 serves again
     (with a running server, and on a server restart); the good version is never deleted."""
     from asr_optimize.triton import journal
-    from asr_optimize.triton.hotswap import SwapOptions, hot_swap, http_client
+    from asr_optimize.triton.endpoint import http_client
+    from asr_optimize.triton.hotswap import SwapOptions, hot_swap
     from asr_optimize.triton.server import TritonServer
 
     repo = tmp_path / "repo"

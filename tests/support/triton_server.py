@@ -52,7 +52,8 @@ class ClientLoop:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from asr_optimize.triton.hotswap import http_client, pipeline_transcribe
+        from asr_optimize.triton.endpoint import http_client
+        from asr_optimize.triton.hotswap import pipeline_transcribe
 
         client = http_client(self.url, 30)
         while not self._stop.is_set():

@@ -99,6 +99,29 @@ def _promote_exported(store: LocalArtifactStore, model: Path) -> Path:
     return export.artifact_dir
 
 
+def test_release_refuses_to_deploy_an_artifact_damaged_after_promotion(tiny_model: Path, tmp_path: Path) -> None:
+    """The check right before the copy into Triton: a file changed between the stages and the deploy is refused."""
+    from asr_optimize.model.source import resolve_model
+    from flows.release import damaged_artifact
+    from tasks.promote import PromotionDecision
+
+    store = LocalArtifactStore(tmp_path / "store")
+    folder = _promote_exported(store, tiny_model)
+    pointer = store.read_pointer(production_pointer(slugify_model(str(tiny_model))))
+    decision = PromotionDecision(promoted=True, reason="the promote stage's pick", artifact_id=pointer["artifact_id"],
+                                 artifact=pointer["artifact"], spec=pointer["spec"], candidate=pointer["candidate"])
+    resolved = resolve_model(str(tiny_model))
+    assert decision.promoted and damaged_artifact(store, decision, resolved) is None
+
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    name = max(manifest["files"], key=lambda f: manifest["files"][f]["size"])
+    data = bytearray((folder / name).read_bytes())
+    data[len(data) // 3] ^= 0x01
+    (folder / name).write_bytes(bytes(data))
+    problem = damaged_artifact(store, decision, resolved)
+    assert problem is not None and "refusing to run it" in problem and name in problem
+
+
 def test_transcribe_production_refuses_a_corrupted_artifact(tiny_model: Path, tmp_path: Path) -> None:
     from flows.cli import app
 
