@@ -24,6 +24,7 @@ from asr_optimize import __version__
 from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.paths import DEFAULT_MODEL
+from asr_optimize.quality.eval_sets import calibration_audio
 from asr_optimize.quality.parity import parity_audio
 from asr_optimize.settings import get_settings
 from blocks.model_store import open_store
@@ -115,7 +116,7 @@ def asr_optimize_flow(
     resolved = resolve_task(model, revision)
     eval_set = load_eval_task(opts.evaluate.source)
     profile = on_device(profile_task, dev)(artifact_store, resolved, opts.profile.model_copy(update={"device": dev}))
-    calibration = [u.audio for u in eval_set.utterances]  # fp8 activation scales come from real speech
+    calibration = calibration_audio(opts.fused.calibration_manifest) if dev == "cuda" and opts.fused.enabled else []
     built = build_artifacts(artifact_store, resolved, caps, dev, opts, parity_audio(opts.parity_utterances),
                             calibration, as_tasks=True)
     specs = built.runner_specs(resolved, caps, dev)

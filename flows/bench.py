@@ -24,7 +24,7 @@ from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.model.source import ResolvedModel, init_random_model, resolve_model
 from asr_optimize.options import Options
 from asr_optimize.paths import DEFAULT_MODEL, REPLICA_CONFIG
-from asr_optimize.quality.eval_sets import load_eval_set
+from asr_optimize.quality.eval_sets import calibration_audio, load_eval_set
 from asr_optimize.runners.registry import RunnerSpec, baseline_label
 from asr_optimize.settings import get_settings
 from asr_optimize.store.local import ArtifactStore
@@ -64,8 +64,8 @@ def replica_model(cache: Path) -> Path:
 def suite_artifacts(store: ArtifactStore, model: ResolvedModel, caps: Capabilities, device: str,
                     demo_audio: list[np.ndarray]) -> BuiltArtifacts:
     """The flow's artifacts with default options: parity on the first 4 demo utterances (as ``parity.parity_audio``
-    gives the flow), fp8 calibration on all of them."""
-    return build_artifacts(store, model, caps, device, ArtifactOptions(), demo_audio[:4], demo_audio)
+    gives the flow), fp8 calibration on the bundled calibration set (as the flow's default)."""
+    return build_artifacts(store, model, caps, device, ArtifactOptions(), demo_audio[:4], calibration_audio())
 
 
 def suite_specs(model: ResolvedModel, built: BuiltArtifacts, caps: Capabilities, opts: BenchSuiteOptions
@@ -98,7 +98,7 @@ def run_suite(opts: BenchSuiteOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     model = resolve_model(opts.model) if opts.model else resolve_model(str(replica_model(get_settings().cache_root)))
     log.info("bench: model %s (%s), device %s (%s)", model.source, model.revision, opts.device, caps.gpu_name)
-    demo_set = load_eval_set()  # read once: parity audio, fp8 calibration and the accuracy check all use it
+    demo_set = load_eval_set()  # read once: the parity audio and the accuracy check both use it
     demo_audio = [u.audio for u in demo_set.utterances]
     built = suite_artifacts(store, model, caps, opts.device, demo_audio)
     summary: dict[str, Any] = {

@@ -10,6 +10,7 @@ ship is decided like every other backend's: by the benchmark and the accuracy ga
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -27,8 +28,12 @@ STAGE = "fused-engine"
 
 class FusedBuildOptions(Options):
     enabled: bool = True
-    precisions: list[Literal["fp16", "fp8"]] = Field(default_factory=lambda: ["fp16", "fp8"])
+    precisions: list[Literal["fp16", "fp8", "fp8-mixed"]] = Field(
+        default_factory=lambda: ["fp16", "fp8", "fp8-mixed"])
     calibration_utterances: int = Field(32, ge=1)  # fp8 activation scales come from this much real speech
+    calibration_manifest: Path | None = None
+    """Speech for fp8 scales and the fp8-mixed plan (a manifest, like the evaluation's); None: the bundled
+    calibration set. Never the evaluation set: the audio that judges an engine must not have tuned it."""
 
 
 class FusedEngineRecord(BaseModel):
@@ -69,7 +74,8 @@ def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedB
         try:
             result = run_cached_stage(
                 store, model, f"fused-{precision}", engine_opts.model_dump(exclude={"calibration_device"}),
-                {"model": model.revision, "calibration_audio": hash_waves(waves) if precision == "fp8" else ""},
+                {"model": model.revision,
+                 "calibration_audio": hash_waves(waves) if precision.startswith("fp8") else ""},
                 lambda out, o=engine_opts: build_fused_engine(model.local_dir, out, o, waves),
             )
             engines[precision] = FusedEngineRecord(status=result.status, dir=str(result.artifact_dir),

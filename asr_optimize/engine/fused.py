@@ -49,7 +49,9 @@ COPIED_FILES = ("config.json", "vocab.json", "preprocessor_config.json", "tokeni
 class FusedEngineOptions(Options):
     """How to build (and by default run) a fused engine."""
 
-    precision: Literal["fp16", "fp8"] = "fp16"
+    precision: Literal["fp16", "fp8", "fp8-mixed"] = "fp16"
+    """fp8: every transformer GEMM in e4m3; fp8-mixed: the GEMMs most sensitive to e4m3 stay in fp16 (a plan chosen
+    on the calibration audio, ``mixed_*`` below)."""
     buckets: list[tuple[int, int]] = Field(
         default_factory=list,
         description="CUDA-graph buckets (batch, samples); inputs are padded up to the smallest that fits. "
@@ -59,6 +61,9 @@ class FusedEngineOptions(Options):
     calibration_device: str = "cpu"
     calibration_margin: float = 1.0  # activation scale = amax * margin / 448
     group_norm_stats: Literal["valid", "padded"] = "valid"
+    mixed_fp16_fraction: float = Field(0.25, ge=0, le=1)
+    """fp8-mixed: the share of transformer GEMMs kept in fp16, those with the largest e4m3 error on the calibration
+    audio (measured: docs/fused-engine.md, "fp8-mixed")."""
 
 
 def _act_ok(name: str, value: Any) -> None:
@@ -235,6 +240,7 @@ class FusedModel:
         self.fp8_min_rows = fp8_min_rows  # below this many rows (batch x frames) fp8 GEMMs lose to fp16 ones
         self._fp8_on = False
         self.calib: dict[str, float] | None = None
+        self.probe: Fp8Probe | None = None  # simulated e4m3 GEMMs on the fp32 reference (fp8-mixed planning)
         self.kernels, self.strides = arch["conv_kernel"], arch["conv_stride"]
         self._geo: dict[int, tuple[list[int], list[int]]] = {}
 
@@ -265,6 +271,7 @@ class FusedModel:
             self.w["lm.w"] = torch.cat([self.w["lm.w"], self.w["lm.w"].new_zeros(pad, self.w["lm.w"].shape[1])])
             self.w["lm.b"] = torch.cat([self.w["lm.b"], self.w["lm.b"].new_zeros(pad)])
         self.fp8 = None
+        self.fp16_gemms: set[str] = set()
         if fp8 is not None:
             self._setup_fp8(fp8)
 
@@ -273,9 +280,12 @@ class FusedModel:
         """Load e4m3 weights + scales and pick the ``torch._scaled_mm`` mode this GPU/PyTorch supports."""
         mode = fp8["mode"]
         self.fp8 = {"mode": mode, "act": fp8["act_scales"], "w": {}, "ws": {}, "sa": {}, "one": None}
+        self.fp16_gemms = set(fp8.get("fp16_gemms") or ())  # fp8-mixed: these keep their fp16 weights and GEMMs
         for i in range(self.arch["num_layers"]):
             for g in GEMMS:
                 name = f"layers.{i}.{g}"
+                if name in self.fp16_gemms:
+                    continue
                 w8 = fp8["weights"][f"{name}.w8"].to(self.device)
                 ws = fp8["weights"][f"{name}.ws"].to(self.device, torch.float32)
                 if mode == "tensorwise":  # one scale per GEMM: requantize to the largest channel scale
@@ -304,6 +314,10 @@ class FusedModel:
         return torch._scaled_mm(x8, fp8["w"][name].t(), scale_a=sa, scale_b=fp8["ws"][name], bias=bias,
                                 out_dtype=self.dtype)
 
+    def _q(self, name: str) -> bool:
+        """Whether GEMM ``name`` runs in e4m3 in this forward (fp8 on for this shape, and not kept in fp16)."""
+        return self._fp8_on and name not in self.fp16_gemms
+
     # -- pieces ------------------------------------------------------------------------------------------------
     def geometry(self, samples: int) -> tuple[list[int], list[int]]:
         geo = self._geo.get(samples)
@@ -317,6 +331,8 @@ class FusedModel:
         w, b = self.w[f"{name}.w"], self.w.get(f"{name}.b")
         if self.calib is not None:
             self.calib[name] = max(self.calib.get(name, 0.0), float(x.abs().max()))
+        if self.probe is not None:
+            x, w = self.probe.apply(name, x, w)
         if gelu and self.gelu_epilogue and b is not None:
             return torch._addmm_activation(b, x, w.t(), use_gelu=True)
         y = F.linear(x, w, b)
@@ -433,8 +449,8 @@ class FusedModel:
             o = self._gemm(self._maybe_quant(att, f"{p}.out"), f"{p}.out")
             if stable:
                 h, y = self._ln_for(o, h, i, "up", store_sum=True)
-                u = self._gemm(y, f"{p}.up", gelu=not self._fp8_on)
-                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self._fp8_on), f"{p}.down")
+                u = self._gemm(y, f"{p}.up", gelu=not self._q(f"{p}.up"))
+                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self._q(f"{p}.up")), f"{p}.down")
                 if i + 1 < nl:
                     h, y = self._ln_for(f, h, i + 1, "qkv", store_sum=True)
                 else:
@@ -442,8 +458,8 @@ class FusedModel:
             else:
                 _, h = K.add_ln(o, h, None, self.w[f"{p}.ln1.w"], self.w[f"{p}.ln1.b"], eps,
                                 use_triton=self.use_triton)
-                u = self._gemm(self._maybe_quant(h, f"{p}.up"), f"{p}.up", gelu=not self._fp8_on)
-                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self._fp8_on), f"{p}.down")
+                u = self._gemm(self._maybe_quant(h, f"{p}.up"), f"{p}.up", gelu=not self._q(f"{p}.up"))
+                f = self._gemm(self._maybe_quant(u, f"{p}.down", gelu=self._q(f"{p}.up")), f"{p}.down")
                 _, h = K.add_ln(f, h, None, self.w[f"{p}.ln2.w"], self.w[f"{p}.ln2.b"], eps,
                                 use_triton=self.use_triton)
         final = y if stable else h
@@ -457,7 +473,7 @@ class FusedModel:
         if fp8."""
         name = f"layers.{layer}.{gemm}"
         inv = None
-        if self._fp8_on:
+        if self._q(name):
             inv = 1.0 / self.fp8["act"][name]
         summed, y = K.add_ln(x, residual, bias, None, None, self.arch["layer_norm_eps"], store_sum=store_sum,
                              fp8_inv_scale=inv, use_triton=self.use_triton)
@@ -469,20 +485,21 @@ class FusedModel:
         """Pre-LN fp16/fp32: the out and FFN-down GEMMs add into the residual stream (beta = 1) and their bias goes
         to the next add+LayerNorm pass, which then reads one tensor instead of two (~1 ms of 54 at 64 x 10 s on the
         H100). Not with fp8 (``_scaled_mm`` has no C input) nor while calibrating (it records GEMM inputs)."""
-        return self.residual_epilogue and not self._fp8_on and self.calib is None
+        return self.residual_epilogue and not self._fp8_on and self.calib is None and self.probe is None
 
     def _into_residual(self, residual: torch.Tensor, x: torch.Tensor, name: str) -> torch.Tensor:
         """``residual += x @ W^T`` in place: cuBLAS reads the residual as C in its epilogue."""
         return residual.addmm_(x, self.w[f"{name}.w"].t())
 
     def _maybe_quant(self, x: torch.Tensor, name: str, gelu: bool = False) -> torch.Tensor:
-        if not self._fp8_on:
-            return x
+        """``x`` in e4m3 for GEMM ``name`` (GELU applied on the way when ``gelu``), or as it is for an fp16 GEMM."""
+        if not self._q(name):
+            return F.gelu(x, approximate="tanh" if self.fast_gelu else "none") if gelu else x
         return K.quantize_fp8(x, 1.0 / self.fp8["act"][name], gelu=gelu, use_triton=self.use_triton,
                               fast_gelu=self.fast_gelu)
 
     def _gemm(self, x: torch.Tensor, name: str, gelu: bool = False) -> torch.Tensor:
-        if self._fp8_on:
+        if self._q(name):
             return self._fp8_mm(x, name, self.w.get(f"{name}.b"))
         return self._linear(x, name, gelu=gelu)
 
@@ -519,6 +536,94 @@ def _sdpa_backends(name: str | None) -> list[Any]:
 def _normalize(wave: np.ndarray) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     return (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+
+
+def fake_fp8(x: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
+    """``x`` rounded to e4m3 at ``scale`` (per tensor, or per row with a column of scales) and back: what an fp8
+    GEMM sees of it."""
+    return (x / scale).clamp(-K.FP8_MAX, K.FP8_MAX).to(torch.float8_e4m3fn).to(x.dtype) * scale
+
+
+class Fp8Probe:
+    """Simulated e4m3 GEMMs on the fp32 reference forward, for choosing an fp8-mixed plan without an fp8 GPU.
+
+    ``measure``: every GEMM's output is also computed from e4m3-rounded input and weights, and the relative error
+    is recorded (the forward itself stays fp32, so each GEMM's error is its own, not inherited). Otherwise the GEMMs
+    in ``quantized`` run on rounded inputs and weights, so the forward's output is what that plan would give.
+    """
+
+    def __init__(self, act_scales: dict[str, float], quantized: set[str] | None = None, measure: bool = False):
+        self.act_scales = act_scales
+        self.quantized = quantized or set()
+        self.measure = measure
+        self.errors: dict[str, list[float]] = {}  # name -> [sum of squared error, sum of squared reference]
+        self._weights: dict[str, torch.Tensor] = {}
+
+    def _weight(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        if name not in self._weights:
+            w8, ws = quantize_weight(w.float())
+            self._weights[name] = (w8.float() * ws[:, None]).to(w.dtype)
+        return self._weights[name]
+
+    def apply(self, name: str, x: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if name not in self.act_scales:
+            return x, w  # not a transformer GEMM (feature projection, head): fp16 in every plan
+        if self.measure:
+            reference = F.linear(x, w)
+            rounded = F.linear(fake_fp8(x, self.act_scales[name]), self._weight(name, w))
+            total = self.errors.setdefault(name, [0.0, 0.0])
+            total[0] += float((rounded - reference).float().pow(2).sum())
+            total[1] += float(reference.float().pow(2).sum())
+            return x, w
+        if name in self.quantized:
+            return fake_fp8(x, self.act_scales[name]), self._weight(name, w)
+        return x, w
+
+    def relative_errors(self) -> dict[str, float]:
+        return {name: err / max(ref, 1e-30) for name, (err, ref) in self.errors.items()}
+
+
+def _frame_tokens(model: FusedModel, audio: list[np.ndarray]) -> list[torch.Tensor]:
+    """The argmax token of every frame of every utterance (one at a time, as calibration runs them)."""
+    with torch.inference_mode():
+        return [model.forward(torch.from_numpy(_normalize(w))[None].to(model.device, model.dtype))[0].argmax(-1)
+                for w in audio]
+
+
+def plan_fp16_gemms(model: FusedModel, audio: list[np.ndarray], act_scales: dict[str, float],
+                    fp16_fraction: float) -> dict[str, Any]:
+    """Choose which transformer GEMMs an fp8-mixed engine keeps in fp16, on calibration audio only.
+
+    One measuring pass ranks the GEMMs by their own e4m3 output error (relative, on the fp32 forward); the
+    ``fp16_fraction`` most sensitive stay in fp16. The simulated frame agreement with the fp32 engine, all-fp8 and
+    with the plan, is recorded as evidence (e4m3 rounding simulated on the reference forward).
+    """
+    names = sorted(act_scales)
+    reference = _frame_tokens(model, audio)
+
+    def agreement(quantized: set[str]) -> float:
+        model.probe = Fp8Probe(act_scales, quantized=quantized)
+        tokens = _frame_tokens(model, audio)
+        same = sum(int((a == b).sum()) for a, b in zip(tokens, reference, strict=True))
+        return round(same / max(1, sum(t.numel() for t in reference)), 6)
+
+    probe = Fp8Probe(act_scales, measure=True)
+    model.probe = probe
+    try:
+        _frame_tokens(model, audio)
+        errors = probe.relative_errors()
+        ranked = sorted(names, key=lambda n: errors.get(n, 0.0), reverse=True)
+        kept = sorted(ranked[: round(fp16_fraction * len(names))])
+        simulated = {"all_fp8": agreement(set(names)), "plan": agreement(set(names) - set(kept))}
+    finally:
+        model.probe = None
+    return {
+        "fp16_gemms": kept,
+        "rule": f"the {fp16_fraction:.0%} of transformer GEMMs with the largest e4m3 output error on the "
+                "calibration audio stay in fp16",
+        "simulated_frame_agreement": simulated,
+        "relative_errors": {n: float(f"{errors.get(n, 0.0):.3e}") for n in ranked},
+    }
 
 
 def calibrate(model: FusedModel, audio: list[np.ndarray], count: int) -> dict[str, float]:
@@ -572,13 +677,12 @@ def build_fused_engine(model_dir: Path, out_dir: Path, opts: FusedEngineOptions,
         "group_norm_stats": opts.group_norm_stats,
     }
     metrics: dict[str, Any] = {"folded": folded, "parameters": int(sum(t.numel() for t in weights.values()))}
-    if opts.precision == "fp8":
+    if opts.precision in ("fp8", "fp8-mixed"):
         if not calibration_audio:
-            raise ValueError("an fp8 engine needs calibration audio (the demo test set is the default)")
+            raise ValueError("an fp8 engine needs calibration audio (the bundled calibration set is the default)")
         ref = FusedModel(arch, weights, opts.calibration_device, torch.float32, use_triton=False,
                          group_norm_stats=opts.group_norm_stats)
         amax = calibrate(ref, calibration_audio, opts.calibration_utterances)
-        del ref
         act_scales, fp8_weights, wsum = {}, {}, {}
         for i in range(arch["num_layers"]):
             for g in GEMMS:
@@ -588,6 +692,11 @@ def build_fused_engine(model_dir: Path, out_dir: Path, opts: FusedEngineOptions,
                 w8, ws = quantize_weight(weights[f"{name}.w"])
                 fp8_weights[f"{name}.w8"], fp8_weights[f"{name}.ws"] = w8, ws
                 wsum[name] = {"min": float(ws.min()), "max": float(ws.max()), "mean": float(ws.mean())}
+        plan = None
+        if opts.precision == "fp8-mixed":
+            plan = plan_fp16_gemms(ref, calibration_audio[: opts.calibration_utterances], act_scales,
+                                   opts.mixed_fp16_fraction)
+        del ref
         save_file(fp8_weights, str(out_dir / FP8_FILE))
         meta["fp8"] = {
             "format": "float8_e4m3fn",
@@ -598,7 +707,12 @@ def build_fused_engine(model_dir: Path, out_dir: Path, opts: FusedEngineOptions,
             "calibration_utterances": min(opts.calibration_utterances, len(calibration_audio)),
             "weight_scale_summary": wsum,
             "gemms": list(GEMMS),
+            "fp16_gemms": plan["fp16_gemms"] if plan else [],
         }
+        if plan:
+            meta["fp8"]["mixed_plan"] = plan
+            metrics["fp16_gemms"] = len(plan["fp16_gemms"])
+            metrics["simulated_frame_agreement"] = plan["simulated_frame_agreement"]
         metrics["fp8_activation_scale_range"] = [min(act_scales.values()), max(act_scales.values())]
         metrics["calibration_utterances"] = meta["fp8"]["calibration_utterances"]
     (out_dir / ENGINE_JSON).write_text(json.dumps(meta, indent=1, ensure_ascii=False), encoding="utf-8")

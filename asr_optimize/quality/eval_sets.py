@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from asr_optimize.audio.decode import TARGET_SAMPLE_RATE, AudioDecodeError, read_audio, to_mono_16k, too_long
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.paths import DEMO_TESTSET
+from asr_optimize.paths import DEMO_CALIBRATION, DEMO_TESTSET
 from asr_optimize.quality.normalize import normalize_hindi
 
 logger = logging.getLogger(__name__)
@@ -439,6 +439,15 @@ def _load_hf(source: EvalSource, progress: bool) -> EvalSet:
 
 
 # ---------------------------------------------------------------- entry point
+
+
+def calibration_audio(manifest: Path | None = None) -> list[np.ndarray]:
+    """Speech for fp8 calibration: a manifest's utterances, by default the bundled calibration set (the demo
+    model's dev texts, none of them in the test set), so the audio that judges an engine never tuned it."""
+    path = Path(manifest) if manifest else DEMO_CALIBRATION / "manifest.jsonl"
+    if not path.is_file():
+        raise EvalDataError(f"calibration manifest not found at {path}")
+    return [u.audio for u in _load_manifest(path, EvalSource(kind="manifest", path=path), progress=False).utterances]
 
 
 def load_eval_set(source: EvalSource | None = None, progress: bool = False) -> EvalSet:

@@ -115,9 +115,9 @@ class FusedRunner(TorchOutputs, Runner):
             raise TypeError(f"FusedRunner: unknown options {sorted(kw)}")
         self.torch = torch
         device = "cuda" if str(device).startswith("cuda") else str(device)
-        if precision not in ("fp32", "fp16", "fp8"):
-            raise RunnerUnavailable(f"fused engine precision {precision!r}: expected fp32, fp16 or fp8")
-        if precision == "fp8":
+        if precision not in ("fp32", "fp16", "fp8", "fp8-mixed"):
+            raise RunnerUnavailable(f"fused engine precision {precision!r}: expected fp32, fp16, fp8 or fp8-mixed")
+        if precision.startswith("fp8"):
             ok, why = fp8_support(device)
             if not ok:
                 raise RunnerUnavailable(why)
@@ -129,13 +129,16 @@ class FusedRunner(TorchOutputs, Runner):
         fp8 = None
         dtype = torch.float32 if precision == "fp32" else torch.float16
         self.fp8_mode = None
-        if precision == "fp8":
+        if precision.startswith("fp8"):
             if fp8_tensors is None:
                 raise RunnerUnavailable(f"{engine_dir} was built without fp8 scales (build it with precision fp8)")
+            if precision == "fp8-mixed" and not meta["fp8"].get("mixed_plan"):
+                raise RunnerUnavailable(f"{engine_dir} has no fp8-mixed plan (build it with precision fp8-mixed)")
             mode, out_dtype = detect_fp8_mode(device)
             self.fp8_mode = f"{mode}/{str(out_dtype).removeprefix('torch.')}"
             dtype = out_dtype
-            fp8 = {"mode": mode, "act_scales": meta["fp8"]["activation_scales"], "weights": fp8_tensors}
+            fp8 = {"mode": mode, "act_scales": meta["fp8"]["activation_scales"], "weights": fp8_tensors,
+                   "fp16_gemms": meta["fp8"].get("fp16_gemms", []) if precision == "fp8-mixed" else []}
         self.meta = meta
         self.arch = meta["architecture"]
         self.device = device

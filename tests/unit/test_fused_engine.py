@@ -191,6 +191,50 @@ def test_fp8_engine_scales_and_cpu_refusal(tmp_path: Path) -> None:
     assert sum(a == b for a, b in zip(got, ref, strict=True)) >= len(ref) - 1
 
 
+def test_fp8_mixed_plan_is_chosen_on_calibration_audio(tmp_path: Path) -> None:
+    """The plan keeps the GEMMs with the largest e4m3 error in fp16, within its cap, from the calibration set."""
+    from asr_optimize.engine.fused import FusedModel, load_engine, plan_fp16_gemms
+    from asr_optimize.quality.eval_sets import calibration_audio, load_eval_set
+
+    waves = calibration_audio()[:6]
+    test_texts = {u.text for u in load_eval_set()}
+    assert not test_texts & {json.loads(line)["text"] for line in (DEFAULT_MODEL.parent / "demo-calibration" /
+                                                                   "manifest.jsonl").read_text().splitlines()}
+    engine = tmp_path / "mixed"
+    opts = FusedEngineOptions(precision="fp8-mixed", calibration_utterances=6, mixed_fp16_fraction=0.25)
+    metrics = build_fused_engine(DEFAULT_MODEL, engine, opts, calibration_audio=waves)
+    meta, weights, fp8 = load_engine(engine)
+    plan, scales = meta["fp8"]["mixed_plan"], meta["fp8"]["activation_scales"]
+    kept = plan["fp16_gemms"]
+    assert meta["fp8"]["fp16_gemms"] == kept and metrics["fp16_gemms"] == len(kept)
+    assert len(kept) == 4 and set(kept) <= set(scales)  # 25% of 16 GEMMs
+    ranked = list(plan["relative_errors"])  # most sensitive first
+    assert sorted(ranked[:4]) == kept
+    errors = list(plan["relative_errors"].values())
+    assert errors == sorted(errors, reverse=True) and errors[-1] > 0
+    assert 0.9 < plan["simulated_frame_agreement"]["all_fp8"] <= 1.0
+
+    # every GEMM in fp16 is the fp32 forward itself: the simulated plan agrees on every frame
+    reference = FusedModel(meta["architecture"], weights, "cpu", torch.float32, use_triton=False)
+    assert plan_fp16_gemms(reference, waves, scales, fp16_fraction=1.0)["simulated_frame_agreement"]["plan"] == 1.0
+
+    with pytest.raises(RunnerUnavailable, match=r"compute capability >= 8\.9"):
+        FusedRunner(engine, device="cpu", precision="fp8-mixed")
+    if not hasattr(torch, "_scaled_mm"):
+        return
+    # the mixed forward (torch._scaled_mm on the CPU): GEMMs of the plan in fp32, the others in e4m3
+    runner = FusedRunner(engine, device="cpu", precision="fp32")
+    ref, _ = transcribe(runner, waves, engine)
+    fp8_cfg = {"mode": "rowwise", "act_scales": scales, "weights": fp8, "fp16_gemms": kept}
+    try:
+        runner.model = FusedModel(meta["architecture"], weights, "cpu", torch.float32, fp8=fp8_cfg)
+        got, _ = transcribe(runner, waves, engine)
+    except (RuntimeError, NotImplementedError) as exc:  # a CPU build without fp8 GEMMs
+        pytest.skip(f"torch._scaled_mm on CPU: {exc}")
+    assert sum(a == b for a, b in zip(got, ref, strict=True)) >= len(ref) - 1
+    assert not (set(kept) & set(runner.model.fp8["w"]))  # the plan's GEMMs carry no e4m3 weights
+
+
 def test_fp16_needs_cuda_and_bad_model(demo_fused_engine: Path, tmp_path: Path) -> None:
     with pytest.raises(RunnerUnavailable, match="only on CUDA"):
         FusedRunner(demo_fused_engine, device="cpu", precision="fp16")

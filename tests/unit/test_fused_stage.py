@@ -25,10 +25,12 @@ def test_engines_are_built_once_then_reused(tiny_model: Path, tmp_path: Path) ->
     waves = synthetic_audio(3, 1.0, seed=3)
     first = build_fused_engines(store, model, FusedBuildOptions(calibration_utterances=2), "cuda", waves)
     assert first.status == "ok", first.reason
-    assert set(first.metrics["engines"]) == {"fp16", "fp8"}
+    assert set(first.metrics["engines"]) == {"fp16", "fp8", "fp8-mixed"}
     assert len(list(tmp_path.glob("artifacts/**/fused-fp8/*/manifest.json"))) == 1
+    assert len(list(tmp_path.glob("artifacts/**/fused-fp8-mixed/*/manifest.json"))) == 1
     specs = fused_runner_specs(first)
-    assert [s.label for s in specs] == ["fused:engine+graphs:fp16@cuda", "fused:engine+graphs:fp8@cuda"]
+    assert [s.label for s in specs] == ["fused:engine+graphs:fp16@cuda", "fused:engine+graphs:fp8@cuda",
+                                        "fused:engine+graphs:fp8-mixed@cuda"]
     assert all(s.artifact and s.artifact.startswith("fused-") for s in specs)
     again = build_fused_engines(store, model, FusedBuildOptions(calibration_utterances=2), "cuda", waves)
     assert again.status == "cached"

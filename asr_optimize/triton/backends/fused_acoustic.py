@@ -106,8 +106,9 @@ class TritonPythonModel:
         precision = params.get("precision") or "auto"
         if precision == "auto":
             precision = manifest.get("precision") or meta.get("precision") or "fp16"
-        if precision not in ("fp16", "fp8", "fp32"):
-            raise pb_utils.TritonModelException(f"parameter precision={precision!r}: expected auto, fp16, fp8 or fp32")
+        if precision not in ("fp16", "fp8", "fp8-mixed", "fp32"):
+            raise pb_utils.TritonModelException(
+                f"parameter precision={precision!r}: expected auto, fp16, fp8, fp8-mixed or fp32")
         if self.on_gpu:
             if not torch.cuda.is_available():
                 raise pb_utils.TritonModelException(
