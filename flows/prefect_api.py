@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 from asr_optimize.watchdog import Watchdog
 
 SERVER_MARKER = "prefect.server.api.server:create_app"
 """In the temporary server's command line (``uvicorn --factory prefect.server.api.server:create_app``)."""
+
+
+def _drain_to_api() -> None:
+    """Send the logs and events still queued for the API before the temporary server stops (else Prefect reports
+    "Error logging to API" at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with suppress(Exception):  # best effort: the run's result is already decided
+            worker.drain_all(timeout=10)
 
 
 @contextmanager
@@ -51,6 +62,7 @@ def prefect_api() -> Iterator[str | None]:
         with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
             yield server.api_url
     finally:
+        _drain_to_api()
         if previous is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
