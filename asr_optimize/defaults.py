@@ -41,3 +41,9 @@ SERVE_UTTERANCES = 16
 # -- the swap-under-load soak (``asr-optimize soak``) ---------------------------------------------------------------
 SOAK_SWAPS = 20
 SOAK_CONCURRENCY = 4
+
+# -- the evaluate stage sharded over Dask (``options.evaluate.dask``) -----------------------------------------------
+EVAL_SHARD_SIZE = 64
+"""Utterances per shard (rounded up to whole batches): each shard loads every backend once, so shards are large."""
+EVAL_DASK_CPU_WORKERS = 2
+"""Workers of the temporary LocalCluster on a host without GPUs (one thread each); with GPUs: one per GPU."""

@@ -65,5 +65,5 @@ def build_artifacts(store: ArtifactStore, model: ResolvedModel, caps: Capabiliti
     export = stage["export"](store, model, opts.export, parity_waves)
     optimized = stage["optimize"](store, model, export, opts.optimize, parity_waves)
     engines = stage["tensorrt"](store, model, optimized, caps, opts.tensorrt, export)
-    fused = stage["fused"](store, model, opts.fused, device, calibration_waves)
+    fused = stage["fused"](store, model, opts.fused, device, calibration_waves, caps.gpu_identity())
     return BuiltArtifacts(export=export, optimized=optimized, engines=engines, fused=fused)

@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -23,6 +23,9 @@ from asr_optimize import defaults
 from asr_optimize.errors import AsrOptimizeError, TransientError
 from asr_optimize.paths import DEFAULT_MODEL
 from asr_optimize.settings import get_settings
+
+if TYPE_CHECKING:
+    from asr_optimize.capabilities import GpuIdentity
 
 PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",  # workers often have no internet: no telemetry, no resolver errors
@@ -189,15 +192,21 @@ def bench(
     console.print(bench_md.read_text() if bench_md.is_file() else summary)
 
 
-def production_spec(store_spec: str, model: str, device: str) -> Any:
-    """The runner spec of the model's ``production`` artifact, as the promote stage recorded it in the pointer."""
+def production_spec(store_spec: str, model: str, device: str, gpu: GpuIdentity | None = None) -> Any:
+    """The runner spec of the model's ``production`` artifact, as the promote stage recorded it in the pointer: on
+    ``cuda``, the engine promoted for this GPU type (``gpu``, a ``GpuIdentity``; None: this machine's) if there is
+    one, else the model's plain pointer."""
+    from asr_optimize.capabilities import detect_gpu
     from asr_optimize.runners.registry import RunnerSpec
     from asr_optimize.store.local import artifact_ref, production_pointer, slugify_model
     from blocks.model_store import open_store
 
     store, slug = open_store(store_spec), slugify_model(model)
-    pointer = store.read_pointer(production_pointer(slug))
-    if not pointer or not pointer.get("spec"):
+    gpu = (gpu or detect_gpu()) if device == "cuda" else None
+    names = [production_pointer(slug, gpu.gpu_type)] if gpu else []
+    pointers = (store.read_pointer(name) for name in [*names, production_pointer(slug)])
+    pointer = next((p for p in pointers if p and p.get("spec")), None)
+    if not pointer:
         raise AsrOptimizeError(f"no production artifact for {model} in {store_spec}: run `asr-optimize run` first")
     spec = RunnerSpec.model_validate(pointer["spec"])
     if spec.kind != "pytorch":  # a stored artifact (pytorch: the model folder itself): its files are checked against

@@ -79,7 +79,8 @@ def release(specs: list[RunnerSpec], evaluation: StageResult, benchmark: StageRe
             device: str, model: ResolvedModel, eval_set: Any, caps: Capabilities, gate: GateThresholds,
             triton: TritonOptions) -> Release:
     """Promote the fastest servable artifact that passed the gate, deploy it, and record it as production."""
-    promotion = promote_task(specs, evaluation, benchmark, store, device, model.source, gate, servable_kinds(triton))
+    promotion = promote_task(specs, evaluation, benchmark, store, device, model.source, gate, servable_kinds(triton),
+                             caps.gpu_identity())
     decision = promotion.output
     if (damage := damaged_artifact(store, decision, model)) is not None:
         get_logger().error("%s: %s", DEPLOY_STAGE, damage)

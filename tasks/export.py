@@ -6,6 +6,9 @@ and otherwise it is recomputed on every forward (0.6 ms per call on an H100) and
 Attention is exported from the "eager" implementation: its MatMul/Softmax pattern is what ONNX Runtime's
 transformer optimizer fuses into one ``Attention`` node (fused kernels on CUDA); the SDPA implementation
 exports a decomposition that the optimizer does not recognise. Both compute the same function (parity is checked).
+
+The graph takes ``attention_mask`` only when the model's input policy says so (``asr_optimize.model.inputs``): a
+group-norm model (wav2vec2-base style) gets none, as Hugging Face documents; the policy is recorded in the metrics.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import onnx
 
 from asr_optimize.errors import ParityError
 from asr_optimize.hashing import hash_waves
+from asr_optimize.model.inputs import input_policy
 from asr_optimize.model.io_spec import ONNX_NAME, PROTOBUF_LIMIT, WAV2VEC2_CTC, ModelIOSpec
 from asr_optimize.model.onnx_files import save_onnx
 from asr_optimize.model.source import ResolvedModel, load_model
@@ -34,7 +38,9 @@ __all__ = ["ONNX_NAME", "ExportOptions", "export_onnx", "export_stage", "export_
 
 class ExportOptions(Options):
     opset: int = WAV2VEC2_CTC.opset
-    with_attention_mask: bool = True
+    with_attention_mask: bool | None = None
+    """None: as the model's input policy says (``asr_optimize.model.inputs``): a group-norm model, whose processor
+    returns no mask, gets none."""
     fold_weight_norm: bool = True
     attn_implementation: str = "eager"  # exports the attention pattern ORT can fuse (see module docstring)
     parity_atol: float = WAV2VEC2_CTC.fp32_atol
@@ -64,17 +70,19 @@ def export_onnx(model_dir: Path, out_dir: Path, opts: ExportOptions, parity_wave
     """Export ``model_dir`` to ``out_dir/model.onnx``; validate with onnx.checker and parity vs PyTorch."""
     import torch
 
+    policy = input_policy(model_dir)
+    with_mask = policy.attention_mask if opts.with_attention_mask is None else opts.with_attention_mask
     model = load_model(model_dir, attn_implementation=opts.attn_implementation)
     folded = fold_weight_norm(model) if opts.fold_weight_norm else 0
-    wrapper = logits_module(model, opts.with_attention_mask)
+    wrapper = logits_module(model, with_mask)
     samples = spec.sample_rate  # one second; both axes are dynamic
     dummy = (torch.randn(2, samples), torch.ones(2, samples, dtype=torch.int64))
-    names = spec.input_names(opts.with_attention_mask)
+    names = spec.input_names(with_mask)
     onnx_path = out_dir / ONNX_NAME
     with torch.inference_mode():
         torch.onnx.export(
             wrapper, dummy[: len(names)], str(onnx_path), input_names=names, output_names=[spec.output],
-            dynamic_axes=spec.dynamic_axes(opts.with_attention_mask), opset_version=opts.opset,
+            dynamic_axes=spec.dynamic_axes(with_mask), opset_version=opts.opset,
             do_constant_folding=True, dynamo=False,
         )
     external = _consolidate_external_data(onnx_path)
@@ -96,6 +104,7 @@ def export_onnx(model_dir: Path, out_dir: Path, opts: ExportOptions, parity_wave
         "nodes": len(graph.node),
         "size_mb": round(sum(p.stat().st_size for p in out_dir.iterdir()) / 2**20, 2),
         "inputs": names,
+        "input_policy": policy.model_dump(),
         "parity": parity.model_dump(),
     }
 

@@ -3,25 +3,31 @@
 The engine (``asr_optimize/runners/fused_engine.py``) folds the model's weights ahead of time and runs a fused
 forward under CUDA graphs. Each precision is its own store artifact (stage ``fused-<precision>``: the folded
 weights, ``engine.json`` and, for fp8, the calibrated scales), cached by model revision, options, calibration
-audio and code. The engines target CUDA: on a CPU run the stage says "skipped" and why. Whether an engine may
-ship is decided like every other backend's: by the benchmark and the accuracy gate.
+audio, code and the GPU identity (``capabilities.GpuIdentity``: GPU name, compute capability, CUDA and torch
+versions, also in the manifest), so a worker with another GPU type never reuses another type's engine. The engines
+target CUDA: on a CPU run the stage says "skipped" and why. Whether an engine may ship is decided like every other
+backend's: by the benchmark and the accuracy gate.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
+from asr_optimize.capabilities import GpuIdentity, detect_gpu
 from asr_optimize.hashing import hash_waves
 from asr_optimize.model.source import ResolvedModel
 from asr_optimize.options import Options
 from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store.local import ArtifactStore
 from tasks.common import StageResult, get_logger, run_cached_stage, skipped, stage_task
+
+if TYPE_CHECKING:
+    from asr_optimize.runners.fused_engine import FusedEngineOptions
 
 STAGE = "fused-engine"
 
@@ -52,9 +58,17 @@ class FusedEngines(BaseModel):
     engines: dict[str, FusedEngineRecord] = Field(default_factory=dict)
 
 
+def engine_params(engine_opts: FusedEngineOptions, gpu: GpuIdentity | None) -> dict[str, Any]:
+    """Store-key parameters of one engine: its build options (not where the scales were computed: they do not depend
+    on it) and the GPU identity it is bound to (none when built without a GPU)."""
+    return {**engine_opts.model_dump(exclude={"calibration_device"}), **(gpu.key() if gpu else {})}
+
+
 def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedBuildOptions, device: str,
-                        calibration_waves: list[np.ndarray]) -> StageResult[FusedEngines]:
-    """Build (or reuse) one engine folder per precision; one precision failing does not cost the others."""
+                        calibration_waves: list[np.ndarray],
+                        gpu: GpuIdentity | None = None) -> StageResult[FusedEngines]:
+    """Build (or reuse) one engine folder per precision; one precision failing does not cost the others. ``gpu``:
+    the run's ``Capabilities.gpu_identity()`` (None: this machine's, probed here)."""
     if not opts.enabled:
         return skipped(STAGE, "disabled (options.fused.enabled = false)")
     if device != "cuda":
@@ -65,6 +79,7 @@ def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedB
 
     log = get_logger()
     start = time.perf_counter()
+    gpu = gpu or detect_gpu()
     waves = calibration_waves[: opts.calibration_utterances]
     calibration_device = "cuda" if torch.cuda.is_available() else "cpu"  # the scales do not depend on it
     engines: dict[str, FusedEngineRecord] = {}
@@ -73,7 +88,7 @@ def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedB
                                          calibration_device=calibration_device)
         try:
             result = run_cached_stage(
-                store, model, f"fused-{precision}", engine_opts.model_dump(exclude={"calibration_device"}),
+                store, model, f"fused-{precision}", engine_params(engine_opts, gpu),
                 {"model": model.revision,
                  "calibration_audio": hash_waves(waves) if precision.startswith("fp8") else ""},
                 lambda out, o=engine_opts: build_fused_engine(model.local_dir, out, o, waves),
@@ -88,7 +103,8 @@ def build_fused_engines(store: ArtifactStore, model: ResolvedModel, opts: FusedB
     status = "failed" if len(failed) == len(engines) else ("cached" if statuses == {"cached"} else "ok")
     return StageResult(stage=STAGE, status=status, seconds=round(time.perf_counter() - start, 3),
                        reason="; ".join(f"{p} failed: {r}" for p, r in failed.items()) or None,
-                       metrics={"engines": {p: e.model_dump(exclude_none=True) for p, e in engines.items()}},
+                       metrics={"engines": {p: e.model_dump(exclude_none=True) for p, e in engines.items()},
+                                **(gpu.key() if gpu else {})},
                        output=FusedEngines(engines=engines))
 
 

@@ -4,7 +4,9 @@ An artifact is promoted only if it passed the gate AND beats the latency recorde
 artifact on the same device and batch shape by the gate's ``min_latency_gain`` (``asr_optimize.quality.gate``, the one
 latency rule). Otherwise the pointer stays, and the report says why. The pointer records the artifact by its
 store identity (``<stage>:<key>/<file>``), never by a worker-local path, so "already in production" holds across
-workers.
+workers. An engine (``RunnerSpec.gpu_bound``: TensorRT, fused) runs only on the GPU type it was built for, so it is
+promoted under that GPU type's pointer (``<model>.production.<gpu type>``); everything else keeps the model's plain
+``production`` pointer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from asr_optimize.capabilities import GpuIdentity
 from asr_optimize.quality.gate import GateThresholds, latency_bound
 from asr_optimize.runners.registry import RunnerSpec
 from asr_optimize.store.local import ArtifactStore, production_pointer, slugify_model
@@ -32,16 +35,20 @@ class PromotionDecision(BaseModel):
     case: str | None = None
     latency_ms: float | None = None
     previous: dict[str, Any] | None = None
+    pointer: str | None = None  # the production pointer it replaces (None: the model's plain one)
+    gpu: GpuIdentity | None = None  # the GPU type a GPU-bound artifact is promoted for
     reason: str
 
 
 def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benchmarks: BenchmarkTable,
                      store: ArtifactStore, device: str, pointer: str, thresholds: GateThresholds | None = None,
-                     servable: set[str] | None = None) -> PromotionDecision:
+                     servable: set[str] | None = None, gpu_pointer: str | None = None) -> PromotionDecision:
     """The fastest gate-passing artifact on the largest benchmarked shape, if it beats production enough.
 
     ``servable``: the runner kinds the serving target can load (None: no serving constraint). An artifact the
     target cannot serve is never promoted, however fast: production would point at something nothing serves.
+    ``gpu_pointer``: this GPU type's pointer, which a GPU-bound candidate is compared with and would replace
+    (None: every candidate is measured against ``pointer``).
     """
     thresholds = thresholds or GateThresholds()
     passing = set(evaluation.passing())
@@ -62,9 +69,11 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
     largest = ok.sort_values(["batch", "seconds"]).iloc[-1]["case"]
     best = ok[ok["case"] == largest].sort_values("p50_ms").iloc[0]
     spec = artifacts[best["runner"]]
+    if gpu_pointer and spec.gpu_bound:
+        pointer, previous = gpu_pointer, store.read_pointer(gpu_pointer)
     identity = spec.artifact or str(spec.path)
     decision = dict(candidate=spec.label, artifact=str(spec.path), artifact_id=identity, spec=spec, case=largest,
-                    latency_ms=float(best["p50_ms"]), previous=previous)
+                    latency_ms=float(best["p50_ms"]), previous=previous, pointer=pointer)
     if previous and identity in (previous.get("artifact_id"), previous.get("artifact")):
         return PromotionDecision(promoted=False, **decision, reason=f"{spec.label} is already in production")
     comparable = previous and previous.get("device") == device and previous.get("case") == largest
@@ -78,14 +87,19 @@ def choose_candidate(specs: list[RunnerSpec], evaluation: EvaluationResult, benc
 
 def promote_stage(specs: list[RunnerSpec], evaluation: StageResult[EvaluationResult],
                   benchmarks: StageResult[BenchmarkTable], store: ArtifactStore, device: str, model: str,
-                  thresholds: GateThresholds | None = None,
-                  servable: set[str] | None = None) -> StageResult[PromotionDecision]:
-    """Pick the artifact to promote (or say why none); the pointer moves only after deployment succeeds."""
+                  thresholds: GateThresholds | None = None, servable: set[str] | None = None,
+                  gpu: GpuIdentity | None = None) -> StageResult[PromotionDecision]:
+    """Pick the artifact to promote (or say why none); the pointer moves only after deployment succeeds. ``gpu``: the
+    run's GPU identity (``Capabilities.gpu_identity()``), whose type keys the pointer of a GPU-bound artifact."""
     if evaluation.output is None or benchmarks.output is None:
         decision = PromotionDecision(promoted=False, reason="no evaluation or benchmark to decide on")
     else:
+        slug = slugify_model(model)
+        gpu_pointer = production_pointer(slug, gpu.gpu_type) if gpu else None
         decision = choose_candidate(specs, evaluation.output, benchmarks.output, store, device,
-                                    production_pointer(slugify_model(model)), thresholds, servable)
+                                    production_pointer(slug), thresholds, servable, gpu_pointer)
+        if gpu_pointer and decision.pointer == gpu_pointer:
+            decision = decision.model_copy(update={"gpu": gpu})
     (get_logger().info if decision.promoted else get_logger().warning)("promote: %s", decision.reason)
     return StageResult(stage=STAGE, status="ok" if decision.promoted else "skipped",
                        reason=None if decision.promoted else decision.reason, location=decision.artifact_id,
@@ -95,14 +109,17 @@ def promote_stage(specs: list[RunnerSpec], evaluation: StageResult[EvaluationRes
 
 def move_production_pointer(store: ArtifactStore, decision: PromotionDecision, device: str, model: str,
                             revision: str, deployment: dict[str, Any] | None = None) -> None:
-    """Point the model's ``production`` at the promoted artifact (history kept; the old value stays there)."""
-    store.write_pointer(production_pointer(slugify_model(model)), {
+    """Point the decision's ``production`` pointer (the model's, or its GPU type's for an engine) at the promoted
+    artifact (history kept; the old value stays there)."""
+    pointer = decision.pointer or production_pointer(slugify_model(model))
+    store.write_pointer(pointer, {
         "candidate": decision.candidate, "artifact_id": decision.artifact_id, "artifact": decision.artifact,
         "spec": decision.spec.model_dump(mode="json") if decision.spec else None,
         "case": decision.case, "latency_ms": decision.latency_ms, "device": device, "model": model,
         "revision": revision, "deployment": deployment or {},
+        "gpu": decision.gpu.model_dump() if decision.gpu else None,
     })
-    get_logger().info("promote: production -> %s", decision.candidate)
+    get_logger().info("promote: %s -> %s", pointer, decision.candidate)
 
 
 promote_task = stage_task(promote_stage, name="promote")

@@ -5,7 +5,8 @@ Without TensorRT the stage reports "skipped" with the reason; production deploym
 
 Layout: one store artifact per precision (stage ``tensorrt-<precision>``, file ``engine.plan``). A precision that
 fails to build stores nothing, so the next run retries it, while the precisions that built stay cached. The store
-key includes the TensorRT version, the GPU name and its compute capability: a plan only runs on a matching pair.
+key and manifest include the TensorRT version and the GPU identity (``capabilities.GpuIdentity``: GPU name, compute
+capability, CUDA and torch versions): a plan only runs where they match.
 
 API references (TensorRT 10.x Python API; the binding source is NVIDIA/TensorRT ``python/src/infer/pyCore.cpp``,
 ``pyGraph.cpp`` and ``python/src/parsers/pyOnnx.cpp``):
@@ -33,7 +34,7 @@ from typing import Any, Literal
 import onnx
 from pydantic import BaseModel, Field, model_validator
 
-from asr_optimize.capabilities import Capabilities
+from asr_optimize.capabilities import Capabilities, detect_gpu
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.fileio import slugify
 from asr_optimize.hashing import sha256_file
@@ -208,11 +209,9 @@ def pin_fp32_layers(trt: Any, network: Any) -> list[str]:
 
 
 def gpu_identity() -> dict[str, str]:
-    """Name and compute capability of CUDA device 0, as the engine will be bound to them."""
-    import torch
-
-    major, minor = torch.cuda.get_device_capability(0)
-    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+    """The GPU (CUDA device 0) and CUDA / torch versions the engine was built on, as its metrics record them."""
+    gpu = detect_gpu()
+    return gpu.key() if gpu else {}
 
 
 def trtexec_command(onnx_path: Path, precision: str, opts: EngineOptions, inputs: list[str], pinned: list[str],
@@ -312,13 +311,15 @@ def build_engine(onnx_path: Path, out_dir: Path, precision: str, opts: EngineOpt
 
 
 def engine_environment(caps: Capabilities) -> dict[str, str]:
-    """What an engine is bound to; part of every engine's store key."""
-    return {"tensorrt": caps.tensorrt_version or "none", "gpu": caps.gpu_name or "none",
-            "compute_capability": caps.compute_capability or "none"}
+    """What an engine is bound to (TensorRT version, GPU name, compute capability, CUDA and torch versions); part of
+    every engine's store key and manifest, so another GPU type never reuses it."""
+    gpu = caps.gpu_identity()
+    bound = gpu.key() if gpu else {"gpu": "none", "compute_capability": "none"}
+    return {"tensorrt": caps.tensorrt_version or "none", **bound}
 
 
 def engine_params(opts: EngineOptions, precision: str, env: dict[str, str]) -> dict[str, Any]:
-    """Store-key parameters of one engine: build options, precision, TensorRT version and GPU."""
+    """Store-key parameters of one engine: build options, precision and ``engine_environment``."""
     params = opts.model_dump(mode="json", exclude={"precisions", "timing_cache_file"})
     return {**params, "precision": precision, **env}
 

@@ -90,6 +90,38 @@ def tiny_onnx(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def group_norm_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random wav2vec2-base-style model (group norm, post-LN, no mask): padding changes its output."""
+    from tests.support.tiny_models import group_norm_model
+
+    return group_norm_model(tmp_path_factory.mktemp("group-norm-model"))
+
+
+@pytest.fixture(scope="session")
+def group_norm_onnx(group_norm_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``group_norm_model`` exported to ONNX (its input policy: no attention mask). Read-only."""
+    from tests.support.triton_server import export
+
+    return export(group_norm_model, tmp_path_factory.mktemp("group-norm-export"))
+
+
+@pytest.fixture(scope="session")
+def conformer_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Wav2Vec2-Conformer CTC model: its convolution module reads across padding."""
+    from tests.support.tiny_models import conformer_model
+
+    return conformer_model(tmp_path_factory.mktemp("conformer-model"))
+
+
+@pytest.fixture(scope="session")
+def conformer_onnx(conformer_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``conformer_model`` exported to ONNX. Read-only."""
+    from tests.support.triton_server import export
+
+    return export(conformer_model, tmp_path_factory.mktemp("conformer-export"))
+
+
+@pytest.fixture(scope="session")
 def demo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundled demo model exported to ONNX (~10 s). Read-only: copy it where a test needs its own file."""
     from tests.support.triton_server import export

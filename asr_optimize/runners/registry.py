@@ -18,6 +18,9 @@ from pydantic import BaseModel, Field
 
 from asr_optimize.runners.base import Runner, RunnerUnavailable
 
+GPU_BOUND_KINDS = frozenset({"tensorrt", "fused"})
+"""Backends whose artifact is an engine built for one GPU type: keyed and promoted per GPU type."""
+
 
 class RunnerSpec(BaseModel):
     """How to build a runner; built lazily where it is used, so a backend that cannot run here is a row, not a crash."""
@@ -33,6 +36,11 @@ class RunnerSpec(BaseModel):
     @property
     def label(self) -> str:
         return runner_label(self.kind, self.variant, self.precision, self.device)
+
+    @property
+    def gpu_bound(self) -> bool:
+        """Its artifact only runs on the GPU type it was built for (``GPU_BOUND_KINDS``)."""
+        return self.kind in GPU_BOUND_KINDS
 
 
 def runner_label(kind: str, variant: str, precision: str, device: str) -> str:

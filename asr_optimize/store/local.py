@@ -158,9 +158,11 @@ def slugify_model(model: str) -> str:
     return f"{readable if readable not in ('', 'x') else 'model'}..{digest}"
 
 
-def production_pointer(model_slug: str) -> str:
-    """The name of a model's ``production`` pointer (one per model, so a store can serve several)."""
-    return f"{model_slug}.production"
+def production_pointer(model_slug: str, gpu_type: str | None = None) -> str:
+    """The name of a model's ``production`` pointer (one per model, so a store can serve several). With ``gpu_type``
+    (``GpuIdentity.gpu_type``, no dots) the pointer of the engines promoted for that GPU type,
+    ``<model>.production.<gpu type>``; without it the plain name earlier releases wrote, for everything else."""
+    return f"{model_slug}.production" + (f".{gpu_type}" if gpu_type else "")
 
 
 REBUILD_HINT = ("Rerun `asr-optimize run` for this model to rebuild it (a damaged artifact is moved aside and "

@@ -1,4 +1,5 @@
-"""Health check of a deployed model: server live/ready, models ready, metadata vs manifest, p50/p99 latency."""
+"""Health check of a deployed model: server live/ready, models ready, metadata and input handling vs manifest,
+p50/p99 latency."""
 
 from __future__ import annotations
 
@@ -75,6 +76,17 @@ def metadata_problems(metadata: dict[str, Any], manifest: repo_mod.VersionManife
     return problems
 
 
+def padding_problems(root: Path, pipeline_name: str, manifest: repo_mod.VersionManifest) -> list[str]:
+    """The pipeline pads, but the serving version's manifest says its model must run at exact lengths: served
+    transcripts would differ from in-process ones (``asr_optimize.model.inputs``)."""
+    if manifest.pads_batches or not repo_mod.pipeline_pads(root, pipeline_name):
+        return []
+    why = manifest.input_policy.reason if manifest.input_policy else "its graph takes no attention mask"
+    return [f"{pipeline_name} zero-pads its inputs, but {manifest.model_name} v{manifest.version} must run at exact "
+            f"lengths ({why}): redeploy the pipeline (a first deployment under new model and pipeline names writes it "
+            "without padding)"]
+
+
 def health_check(
     url: str,
     root: Path,
@@ -124,6 +136,7 @@ def health_check(
             mismatches = [f"metadata unavailable: {exc}"]
         report.metadata_ok = not mismatches
         report.problems += mismatches
+        report.problems += padding_problems(root, pipeline_name, manifest)
     latencies = []
     for i in range(n_requests):
         start = time.perf_counter()

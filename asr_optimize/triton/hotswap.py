@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from asr_optimize.errors import TransientError
 from asr_optimize.fileio import atomic_write_text
+from asr_optimize.model.inputs import InputPolicy, input_policy
 from asr_optimize.options import Options
 from asr_optimize.quality.gate import BackendScore, GateDecision, GateThresholds, evaluate_gate
 from asr_optimize.quality.metrics import transcript_parity, wer_cer
@@ -106,10 +107,27 @@ class SwapOptions(Options):
         return self
 
 
+CANARY_EXAMPLES = 3
+"""Differing canary transcripts quoted in a refused swap's one-line summary (the markdown lists up to 10): counts
+alone ("0/16 identical") do not tell a broken model from inputs served differently than in process."""
+EXAMPLE_CHARS = 80
+"""Longest transcript quoted in the summary (the markdown shows them whole)."""
+
+
 class CanaryRow(BaseModel):
+    """One canary utterance: the reference backend's transcript in process and what the Triton pipeline served."""
+
     id: str
     reference: str
     triton: str
+
+
+def _quote(text: str, limit: int | None = None) -> str:
+    """A transcript for one markdown table cell or one summary line (empty shown as such, long ones cut)."""
+    text = " ".join(text.split()).replace("|", "\\|")
+    if limit is not None and len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return f"\"{text}\"" if text else "(empty)"
 
 
 class SwapDecision(BaseModel):
@@ -129,10 +147,17 @@ class SwapDecision(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     reconciled: list[str] = Field(default_factory=list)
     """What the journal check repaired before this swap (a previous swap that died mid-way)."""
+    input_policy: InputPolicy | None = None
+    """How the model's inputs are served (``asr_optimize.model.inputs``): padded to length buckets or at exact
+    lengths, and why; recorded in the version's manifest."""
 
     @property
     def promoted(self) -> bool:
         return self.action == "promoted"
+
+    def differing(self, limit: int = 10) -> list[CanaryRow]:
+        """The first ``limit`` canary utterances whose served transcript differs from the reference's."""
+        return [r for r in self.canary if r.reference != r.triton][:limit]
 
     def summary(self) -> str:
         name = f"{self.model_name} v{self.candidate_version}"
@@ -141,7 +166,10 @@ class SwapDecision(BaseModel):
             return f"{name} promoted: {self.pipeline_name} now serves it ({was})"
         verb = "rolled back" if self.action == "rolled_back" else "refused"
         keep = f"v{self.serving_version} keeps serving" if self.serving_version else "nothing was serving"
-        return f"{name} {verb}, {keep}: " + "; ".join(self.reasons)
+        line = f"{name} {verb}, {keep}: " + "; ".join(self.reasons)
+        examples = [f"{r.id}: reference {_quote(r.reference, EXAMPLE_CHARS)} vs served "
+                    f"{_quote(r.triton, EXAMPLE_CHARS)}" for r in self.differing(CANARY_EXAMPLES)]
+        return line + (" (e.g. " + "; ".join(examples) + ")" if examples else "")
 
     def markdown(self) -> str:
         lines = [f"## Triton hot-swap: {self.action.replace('_', ' ')}", "", f"**{self.summary()}**", "",
@@ -151,15 +179,19 @@ class SwapDecision(BaseModel):
                  f"| serving now | {self.serving_version} |",
                  f"| live versions | {self.live_versions} |",
                  f"| retired versions | {self.retired_versions} |"]
+        if self.input_policy is not None:
+            how = "padded to length buckets" if self.input_policy.pad_batches else "exact lengths, never padded"
+            lines.append(f"| inputs | {how}: {self.input_policy.reason} |")
         lines += [f"| {k} | {v:.2f} s |" for k, v in self.timings.items()]
         lines += [f"| repaired before the swap | {r} |" for r in self.reconciled]
         if self.gate is not None:
             lines += ["", "### Canary gate", "", self.gate.markdown()]
-        differing = [r for r in self.canary if r.reference != r.triton][:10]
+        differing = self.differing()
         if differing:
-            lines += ["", "### Canary transcripts that differ (first 10)", "", "| id | reference | triton |",
-                      "|---|---|---|"]
-            lines += [f"| {r.id} | {r.reference} | {r.triton} |" for r in differing]
+            same = sum(r.reference == r.triton for r in self.canary)
+            lines += ["", f"### Canary transcripts that differ (first {len(differing)}; {same} of {len(self.canary)} "
+                      "identical)", "", "| id | reference (in process) | served (Triton) |", "|---|---|---|"]
+            lines += [f"| {r.id} | {_quote(r.reference)} | {_quote(r.triton)} |" for r in differing]
         return "\n".join(lines)
 
 
@@ -296,7 +328,7 @@ class _Swap:
 
     def write_acoustic_config(self, versions: list[int], manifest: repo_mod.VersionManifest) -> None:
         text = repo_mod.acoustic_config(self.name, manifest.kind, versions, manifest.inputs, manifest.vocab_size,
-                                        self.opts.batching)
+                                        self.opts.batching, pad_batches=manifest.pads_batches)
         atomic_write_text(repo_path(self.root, self.name, "config.pbtxt"), text)
 
     def timed(self, label: str, start: float) -> None:
@@ -321,6 +353,11 @@ def _incompatible(serving: repo_mod.VersionManifest | None, new: repo_mod.Versio
         if getattr(serving, key) != getattr(new, key):
             return (f"{key} {getattr(new, key)!r} differs from serving v{serving.version}'s "
                     f"{getattr(serving, key)!r}: all versions share one config; deploy under a new model name")
+    if serving.pads_batches != new.pads_batches:  # the pipeline pads (or not) for every version it serves
+        how = {True: "padded to length buckets", False: "run at exact lengths"}
+        why = f" ({new.input_policy.reason})" if new.input_policy else ""
+        return (f"v{new.version}'s inputs are {how[new.pads_batches]}{why}, but serving v{serving.version}'s are "
+                f"{how[serving.pads_batches]}: one pipeline serves both; deploy under a new model and pipeline name")
     return None
 
 
@@ -377,7 +414,7 @@ def _swap_locked(root: Path, artifact: Path, model_dir: Path, canary: CanarySet,
                  live_before=sorted(old_live))
     decision = SwapDecision(model_name=opts.model_name, pipeline_name=opts.pipeline_name, action="refused",
                             previous_version=previous, candidate_version=None, serving_version=previous,
-                            live_versions=sorted(old_live), reconciled=repaired)
+                            live_versions=sorted(old_live), reconciled=repaired, input_policy=input_policy(model_dir))
     serving_manifest = repo_mod.read_manifest(root, opts.model_name, previous) if previous else None
     retained = retained_versions(old_live, previous, opts.keep_versions)
     dropped = [v for v in old_live if v not in retained]
@@ -397,7 +434,7 @@ def _swap_locked(root: Path, artifact: Path, model_dir: Path, canary: CanarySet,
     swap.history = journal.begin(root, history, new)  # before any byte of N+1 exists
     try:
         manifest = repo_mod.write_acoustic_version(root, opts.model_name, new, artifact, kind, source,
-                                                   swap.artifact_manifest)
+                                                   swap.artifact_manifest, decision.input_policy)
     except RepositoryError as exc:
         swap.settle(previous, old_live)
         decision.reasons.append(str(exc))
@@ -432,7 +469,8 @@ def _swap_locked(root: Path, artifact: Path, model_dir: Path, canary: CanarySet,
         _record_load_footprint(swap, manifest, used_before, serving_manifest if dropped else None)
         if previous is None:
             repo_mod.write_pipeline(root, opts.pipeline_name, model_dir, opts.model_name, new,
-                                    "attention_mask" in manifest.inputs, opts.batching.max_batch_size, opts.batching)
+                                    "attention_mask" in manifest.inputs, opts.batching.max_batch_size, opts.batching,
+                                    pad_batches=manifest.pads_batches)
             swap.client.load_model(opts.pipeline_name)
     except Exception as exc:
         return _rollback(swap, decision, manifest, f"loading v{new} failed: {_error(exc)}")

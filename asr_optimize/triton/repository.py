@@ -17,6 +17,8 @@ shape. The ``asr`` pipeline therefore pads every utterance to a length bucket (d
 masked through ``attention_mask`` and only the valid frames are decoded), so requests of different lengths share
 batches. Utterances longer than the largest bucket are cut into overlapping windows (``asr_optimize.audio.chunking``,
 copied beside the pipeline) sent as one batch, and their logits stitched. ``BatchingOptions`` holds every knob.
+A model whose output zero padding changes (``asr_optimize.model.inputs``: group-norm, conformer, data2vec-audio) is
+never padded: its version manifest records that, and the pipeline sends each length alone (``pad_batches``).
 
 The fused engine (``python_fused``) also runs in the python backend: both python kinds write the same parameter set,
 so an ONNX version and a fused version can be live side by side under one config (a swap between them changes only
@@ -39,6 +41,7 @@ from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.fileio import atomic_write_text, safe_join
 from asr_optimize.hashing import sha256_file
 from asr_optimize.model.ctc import CtcVocabulary
+from asr_optimize.model.inputs import PADDED, InputPolicy
 from asr_optimize.model.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.model.io_spec import WAV2VEC2_CTC as IO
 from asr_optimize.options import Options
@@ -102,7 +105,7 @@ class BatchingOptions(Options):
     pipeline_instance_count: int = Field(1, ge=1)
     """``asr`` pipeline instances (CPU processes: normalization, padding, CTC decoding, BLS calls)."""
     pipeline_max_queue_delay_us: int = Field(500, ge=0)
-    fused_precision: Literal["auto", "fp16", "fp8"] = "auto"
+    fused_precision: Literal["auto", "fp16", "fp8", "fp8-mixed"] = "auto"
     """GPU fused model: auto = the precision recorded in each version's manifest (the engine's, or the promoted
     spec's), per version, so fp16 and fp8 versions can be live together. CPU instances always run fp32."""
     fused_max_batch_s: float = Field(640.0, gt=0)
@@ -153,6 +156,16 @@ class VersionManifest(BaseModel):
     gpu_load_mb: float | None = None
     """GPU memory this version took when it loaded (driver reading after minus before); the next swap of the same
     kind uses it as the estimate of what N+1 needs beside N."""
+    input_policy: InputPolicy | None = None
+    """The model's input policy (``asr_optimize.model.inputs``), decided from its config when the version was
+    written; the configs and the pipeline serve by it. None in manifests written before this field: those versions
+    were served with length buckets (``PADDED``)."""
+
+    @property
+    def pads_batches(self) -> bool:
+        """Whether the pipeline may zero-pad this version's inputs to length buckets (masked): the policy allows it
+        and the graph takes the mask."""
+        return (self.input_policy or PADDED).pad_batches and WAV2VEC2_CTC.mask_input in self.inputs
 
 
 def fused_engine_dir(artifact: Path) -> Path | None:
@@ -214,9 +227,11 @@ def instance_kind(kind: ModelKind, batching: BatchingOptions) -> str:
     return "KIND_CPU" if kind == "python_onnxruntime" else "KIND_GPU"
 
 
-def python_parameters(group_kind: str, batching: BatchingOptions) -> dict[str, str]:
+def python_parameters(group_kind: str, batching: BatchingOptions, pad_batches: bool = True) -> dict[str, str]:
     """Parameters of a python acoustic model: ONNX Runtime's and the fused engine's together (each model.py reads
-    its own), so versions of either kind share one config."""
+    its own), so versions of either kind share one config. ``pad_batches`` false (a model padding changes): no
+    buckets, so the fused model neither pads to nor warms up bucket shapes."""
+    buckets = batching.bucket_samples() if pad_batches else []
     warmup = "auto" if batching.fused_warmup is None else str(batching.fused_warmup).lower()
     params = {"intra_op_threads": str(batching.intra_op_threads),
               "io_binding": str(batching.io_binding).lower(), "cuda_graphs": str(batching.cuda_graphs).lower(),
@@ -224,9 +239,9 @@ def python_parameters(group_kind: str, batching: BatchingOptions) -> dict[str, s
               "precision": batching.fused_precision, "warmup": warmup,
               "max_batch_seconds": f"{batching.fused_max_batch_s:g}",
               "profile_every": str(batching.fused_profile_every),
-              "bucket_samples": ",".join(str(b) for b in batching.bucket_samples()),
+              "bucket_samples": ",".join(str(b) for b in buckets),
               "long_form_chunk_s": (f"{batching.long_form.chunk_s:g}"
-                                    if batching.long_form.enabled and batching.buckets_s else "")}
+                                    if batching.long_form.enabled and buckets else "")}
     if group_kind == "KIND_GPU" and batching.gpu_input_tensors:  # GPU-resident inputs stay there (DLPack)
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     return params
@@ -237,9 +252,13 @@ def _params(values: dict[str, str]) -> str:
 
 
 def acoustic_config(
-    name: str, kind: ModelKind, versions: list[int], inputs: list[str], vocab_size: int, batching: BatchingOptions
+    name: str, kind: ModelKind, versions: list[int], inputs: list[str], vocab_size: int, batching: BatchingOptions,
+    pad_batches: bool = True,
 ) -> str:
-    """config.pbtxt of the acoustic model (dynamic time axis, dynamic batching, explicit live versions)."""
+    """config.pbtxt of the acoustic model (dynamic time axis, dynamic batching, explicit live versions).
+
+    The batcher merges only requests of one shape, so a model that must not be padded (``pad_batches`` false) still
+    batches requests of equal length and never pads across lengths."""
     check_model_name(name)
     header = {
         "python_onnxruntime": 'backend: "python"',
@@ -268,23 +287,26 @@ def acoustic_config(
         f"instance_group [ {{ kind: {group_kind} count: {batching.instance_count}{gpus} }} ]",
     ]
     if kind in PYTHON_KINDS:
-        lines.append(_params(python_parameters(group_kind, batching)))
+        lines.append(_params(python_parameters(group_kind, batching, pad_batches)))
     return "\n".join(lines) + "\n"
 
 
 def pipeline_config(
     name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int,
-    batching: BatchingOptions | None = None,
+    batching: BatchingOptions | None = None, pad_batches: bool = True,
 ) -> str:
     """config.pbtxt of the ``asr`` BLS pipeline: FP32 audio in, BYTES text out.
 
     ``audio`` allows ragged batches, so the batcher hands one ``execute`` requests of any lengths; the pipeline
-    regroups their utterances by length bucket into one acoustic request per bucket.
+    regroups their utterances by length bucket into one acoustic request per bucket. Without a mask, or for a model
+    whose output padding changes (``pad_batches`` false, the version manifest's ``pads_batches``), there are no
+    buckets: every utterance and every long-form window goes at its exact length, equal lengths together.
     """
     check_model_name(name, "Triton pipeline name")
     check_model_name(acoustic_name)
     batching = batching or BatchingOptions(max_batch_size=max_batch_size)
-    buckets = batching.bucket_samples() if has_mask else []  # without a mask, padding would change the output
+    pad_batches = pad_batches and has_mask  # without a mask, padding would change the output
+    buckets = batching.bucket_samples() if pad_batches else []
     return "\n".join(
         [
             f'name: "{name}"',
@@ -304,6 +326,7 @@ def pipeline_config(
                     "acoustic_has_mask": "true" if has_mask else "false",
                     "acoustic_max_batch_size": str(max_batch_size),
                     "bucket_samples": ",".join(str(b) for b in buckets),
+                    "pad_batches": "true" if pad_batches else "false",
                     "long_form": batching.long_form.model_dump_json().replace('"', "'"),
                     "sample_rate": str(SAMPLE_RATE),
                 }
@@ -328,8 +351,10 @@ def write_acoustic_version(
     kind: ModelKind,
     source: str = "",
     artifact_manifest: dict[str, Any] | None = None,
+    input_policy: InputPolicy | None = None,
 ) -> VersionManifest:
-    """Copy the artifact into ``<root>/<name>/<version>/`` via a staging folder renamed into place."""
+    """Copy the artifact into ``<root>/<name>/<version>/`` via a staging folder renamed into place; the manifest
+    records ``input_policy`` (the model's, from ``asr_optimize.model.inputs``) for the configs that serve it."""
     engine_dir = fused_engine_dir(artifact) if kind == "python_fused" else None
     if kind == "python_fused" and engine_dir is None:
         raise RepositoryError(f"artifact not found: {artifact} is not a fused engine folder (no {FUSED_ENGINE_JSON})")
@@ -348,7 +373,8 @@ def write_acoustic_version(
         elif kind == "tensorrt_plan":
             model_file = "model.plan"
             shutil.copy2(artifact, staging / model_file)
-            inputs = list((artifact_manifest or {}).get("inputs", [IO.audio_input, IO.mask_input]))
+            with_mask = input_policy.attention_mask if input_policy is not None else True
+            inputs = list((artifact_manifest or {}).get("inputs", IO.input_names(with_mask)))
         else:
             model_file = "model.onnx"
             inputs = onnx_inputs(artifact)
@@ -375,6 +401,7 @@ def write_acoustic_version(
             vocab_size=int((artifact_manifest or {}).get("vocab_size", 0) or engine_vocab),
             source=source or str(artifact),
             artifact_manifest=artifact_manifest or {},
+            input_policy=input_policy,
             **fused,
         )
         (staging / MANIFEST_NAME).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
@@ -443,7 +470,7 @@ def verify_version(root: Path, name: str, version: int) -> VersionManifest:
 
 def write_pipeline(
     root: Path, name: str, model_dir: Path, acoustic_name: str, acoustic_version: int, has_mask: bool,
-    max_batch_size: int = 8, batching: BatchingOptions | None = None,
+    max_batch_size: int = 8, batching: BatchingOptions | None = None, pad_batches: bool = True,
 ) -> None:
     """(Re)write the ``asr`` pipeline: model.py, ctc.json, chunking.py and config.pbtxt naming the serving version."""
     check_model_name(acoustic_name)  # before the first file is written
@@ -453,16 +480,16 @@ def write_pipeline(
     atomic_write_text(version_dir / "ctc.json", json.dumps(ctc_info(model_dir), ensure_ascii=False, indent=1))
     if CHUNKING_SOURCE.is_file():  # long-form path; without it the pipeline refuses over-long audio clearly
         atomic_write_text(version_dir / "chunking.py", CHUNKING_SOURCE.read_text(encoding="utf-8"))
-    set_pipeline_version(root, name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching)
+    set_pipeline_version(root, name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching, pad_batches)
 
 
 def set_pipeline_version(
     root: Path, name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int = 8,
-    batching: BatchingOptions | None = None,
+    batching: BatchingOptions | None = None, pad_batches: bool = True,
 ) -> None:
     atomic_write_text(
         repo_path(root, name, "config.pbtxt"),
-        pipeline_config(name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching),
+        pipeline_config(name, acoustic_name, acoustic_version, has_mask, max_batch_size, batching, pad_batches),
     )
 
 
@@ -522,3 +549,14 @@ def serving_version(root: Path, pipeline: str) -> int | None:
     if config is None or "acoustic_version" not in config.parameters:
         return None
     return int(config.parameters["acoustic_version"].string_value)
+
+
+def pipeline_pads(root: Path, pipeline: str) -> bool | None:
+    """Whether the pipeline's config zero-pads utterances (length buckets) or long-form windows (None: no pipeline;
+    a pipeline written before ``pad_batches`` existed pads). The health check holds this against the serving
+    version's manifest (``VersionManifest.pads_batches``)."""
+    config = read_config(root, pipeline)
+    if config is None:
+        return None
+    params = config.parameters
+    return (params["pad_batches"].string_value if "pad_batches" in params else "true") == "true"

@@ -144,7 +144,16 @@ def test_canary_failure_rolls_back(server, good_model, onnx_files, canary) -> No
     assert loop.errors == [] and set(loop.outcomes) == {canary.reference_transcripts[0]}
     assert repo_mod.version_dirs(server.repository, MODEL) == [2]
     assert _transcripts(server, canary.waves) == canary.reference_transcripts
-    assert "differ" in decision.markdown()
+    # the report quotes reference and served transcripts side by side, not only counts
+    differing = [row for row in decision.canary if row.reference != row.triton]
+    assert differing and len(decision.canary) == len(canary.ids)
+    first, quote = differing[0], '"'
+    summary, markdown = decision.summary(), decision.markdown()
+    assert f"(e.g. {first.id}: reference {quote}{first.reference[:40]}" in summary
+    assert summary.count(" vs served ") == min(3, len(differing))
+    assert "| id | reference (in process) | served (Triton) |" in markdown
+    assert f"| {first.id} | {quote}{first.reference}{quote} | " in markdown
+    assert f"of {len(canary.ids)} identical)" in markdown
 
 
 def test_corrupt_version_rolls_back(server, good_model, onnx_files, canary) -> None:

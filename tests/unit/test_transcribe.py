@@ -222,3 +222,70 @@ def test_transcribe_files_and_json_output(tiny_model: Path, tmp_path: Path) -> N
     doc = transcribe_files_output(paths, tiny_model, runner, chunking=opts)
     again = TranscribeOutput.model_validate(json.loads(doc.model_dump_json()))
     assert again.files[1].text == files[1].text and again.chunking.chunk_s == 4
+
+
+# ---------------------------------------------------------------- window boundaries on audio unlike the demo set
+
+
+def _speechlike(layout: list[tuple[float, float]], total_s: float, seed: int = 0) -> np.ndarray:
+    """Amplitude-modulated chirps and noise at ``(onset_s, seconds)``, digital silence between (not espeak audio)."""
+    rng = np.random.default_rng(seed)
+    wave = np.zeros(round(total_s * 16000), np.float32)
+    for at_s, seconds in layout:
+        t = np.arange(round(seconds * 16000)) / 16000
+        burst = (np.sin(2 * np.pi * 2.7 * t) ** 2 + 0.2) * (0.3 * np.sin(2 * np.pi * 150 * t * (1 + 0.3 * t))
+                                                            + 0.1 * rng.standard_normal(t.size))
+        wave[round(at_s * 16000) : round(at_s * 16000) + t.size] = burst
+    return wave
+
+
+@pytest.mark.parametrize("normalization", ["window", "speech", "recording"])
+def test_context_changes_no_kept_frame_of_a_frame_local_model(tiny_model: Path, normalization: str) -> None:
+    """Lead-in and context after are computed and dropped: for a model whose frames see only their own samples the
+    stitched logits with context equal those without, under every normalization whose statistics do not depend on
+    the window's extent; the runner does see the wider windows."""
+    class SeesLengths(FrameLocalRunner):
+        lengths: list[int]
+
+        def run_prepared(self, prepared: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+            values, mask = prepared
+            self.lengths += [values.shape[1]] * values.shape[0] if mask is None else mask.sum(axis=1).tolist()
+            return super().run_prepared(prepared)
+
+    vocab = CtcVocabulary.from_model_dir(tiny_model)
+    wave = _speechlike([(5.0137, 2.1), (7.4, 1.3), (9.1, 26.0), (36.0, 0.8)], 43.0)  # 5 s / 7 s of silence around
+    runner = SeesLengths(len(vocab.tokens))
+    runner.lengths = []
+    base = ChunkingOptions(normalization=normalization)
+    plain = transcribe(runner, [wave], tiny_model, chunking=base)
+    seen, runner.lengths = sum(runner.lengths), []
+    ctx = base.model_copy(update={"context_before_s": 0.4, "context_after_s": 0.4})
+    wide = transcribe(runner, [wave], tiny_model, chunking=ctx)
+    assert wide.windows == plain.windows and plain.windows[0] >= 5  # the 26 s run: 2 windows
+    assert sum(runner.lengths) == seen + 3 * 2 * 6400  # 0.4 s on both sides of the 3 short runs; 20 s windows stay
+    if normalization == "window":  # per-window statistics move with the context: not comparable
+        return
+    np.testing.assert_array_equal(wide.logits[0], plain.logits[0])
+    assert wide.texts == plain.texts
+
+
+def test_speech_statistics_are_the_same_wherever_the_recording_is_cut(tiny_model: Path) -> None:
+    """``normalization="speech"``: the same runs with other pauses and leading/trailing silence give the same
+    logits per run (frame-local model), unlike statistics of the whole recording."""
+    vocab = CtcVocabulary.from_model_dir(tiny_model)
+    runs = [(1.2, 0), (0.9, 1), (2.4, 2)]
+    results = {}
+    for mode in ("speech", "recording"):
+        for lead, pause, trail in [(0.6, 0.5, 0.4), (6.0, 1.0, 9.0)]:
+            layout, at = [], lead
+            for seconds, _ in runs:
+                layout.append((at, seconds))
+                at += seconds + pause
+            wave = _speechlike(layout, at - pause + trail)
+            out = transcribe(FrameLocalRunner(len(vocab.tokens)), [wave], tiny_model, chunking=ChunkingOptions(
+                chunk_s=4, stride_s=1, normalization=mode)).logits[0]
+            first = [round(a * 16000) // 320 for a, _ in layout]
+            results[mode, lead] = [out[f + 1 : f + 50] for f in first]
+    for a, b in zip(results["speech", 0.6], results["speech", 6.0], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert not np.allclose(results["recording", 0.6][0], results["recording", 6.0][0], atol=1e-3)

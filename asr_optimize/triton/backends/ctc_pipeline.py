@@ -7,8 +7,12 @@ request (at most ``acoustic_max_batch_size`` rows), so Triton's dynamic batcher 
 instances' requests of the same shape. Buckets run concurrently (``async_exec``). Only each utterance's valid
 frames are decoded (CTC greedy with ``ctc.json``). Utterances longer than the largest bucket are cut into
 windows by ``chunking.py`` (copied beside this file; numpy only) with the deployment's ``ChunkingOptions`` (silence
-splitting, per-window or per-recording normalization), run as one batch, stitched, decoded: as in-process.
+splitting, context around speech runs, normalization statistics from ``chunking.window_stats``), run as one batch,
+stitched, decoded: as in-process.
 Silent utterances (peak below -80 dBFS) give empty text without running the model, as in-process transcription.
+Parameter ``pad_batches: false`` (a model whose output zero padding changes, e.g. a group-norm wav2vec2-base; no
+buckets then): nothing is padded, each utterance and each long-form window goes at its exact length, equal lengths
+in one request, as in-process ``transcribe`` runs such models.
 
 The acoustic version comes from the config parameter ``acoustic_version``; a request parameter
 ``acoustic_version`` overrides it (the canary uses that). Inputs: ``audio`` FP32 [batch, samples], optional
@@ -50,6 +54,7 @@ class TritonPythonModel:
         self.with_mask = params.get("acoustic_has_mask", "true") == "true"
         self.max_rows = max(1, int(params.get("acoustic_max_batch_size") or 8))
         self.buckets = sorted(int(b) for b in params.get("bucket_samples", "").split(",") if b.strip())
+        self.pad_batches = params.get("pad_batches", "true") == "true"
         self.long_form = json.loads(params.get("long_form", "{}").replace("'", '"') or "{}")
         self.sample_rate = int(params.get("sample_rate") or 16000)
         version_dir = Path(args["model_repository"]) / args["model_version"]
@@ -145,10 +150,13 @@ class TritonPythonModel:
                              f"{limit:g} s; split it")
         chunk_s, stride_s = float(opts.get("chunk_s", 20.0)), float(opts.get("stride_s", 2.0))
         if opts.get("split_on_silence", False):
+            margin = opts.get("noise_margin_db")
             return self.chunking.plan_speech_windows(
                 raw, chunk_s, stride_s, self.sample_rate, self.frame_samples, self.receptive,
-                float(opts.get("min_silence_s", 0.2)), float(opts.get("silence_db", -40.0)),
+                float(opts.get("min_silence_s", 0.15)), float(opts.get("silence_db", -40.0)),
                 float(opts.get("pad_before_s", 0.0)), float(opts.get("pad_after_s", 0.0)),
+                float(opts.get("context_before_s", 0.0)), float(opts.get("context_after_s", 0.0)),
+                None if margin is None else float(margin),
             )
         return self.chunking.plan_windows(n, chunk_s, stride_s, self.sample_rate, self.frame_samples, self.receptive)
 
@@ -158,7 +166,15 @@ class TritonPythonModel:
         return self.chunking.stitch(parts, windows, total, fill, boundary, self.frame_samples)
 
     async def _run(self, version, width, rows):
-        """rows: list of (wave, on_logits) sharing ``width``; one or more acoustic requests of <= max_rows."""
+        """rows: list of (wave, on_logits) sharing ``width``; one or more acoustic requests of <= max_rows.
+
+        With ``pad_batches`` false (a model whose output zero padding changes, recorded in its version manifest)
+        rows of different lengths are never padded to one width: each length goes as its own requests."""
+        lengths = sorted({wave.shape[0] for wave, _ in rows})
+        if not self.pad_batches and lengths != [width]:
+            await asyncio.gather(*(self._run(version, n, [row for row in rows if row[0].shape[0] == n])
+                                   for n in lengths))
+            return
         for start in range(0, len(rows), self.max_rows):
             part = rows[start : start + self.max_rows]
             values = np.zeros((len(part), width), dtype=np.float32)
@@ -203,8 +219,8 @@ class TritonPythonModel:
                     if not windows:  # nothing but silence
                         texts[r][u] = ""
                         continue
-                    per_window = self.long_form.get("normalization", "window") == "window"
-                    whole = None if per_window else self._prepare(raw)
+                    mode = self.long_form.get("normalization", "window") if self.normalize else None
+                    stats = self.chunking.window_stats(raw, windows, mode, self.frame_samples)
                     parts = [None] * len(windows)
                     width = max(w.end - w.start for w in windows)  # all windows of a recording: one batch
                     for k, window in enumerate(windows):
@@ -213,8 +229,7 @@ class TritonPythonModel:
                             if all(p is not None for p in parts):
                                 texts[r][u] = self._decode(self._stitch(parts, windows, n))
 
-                        piece = (self._prepare(raw[window.start : window.end]) if per_window
-                                 else whole[window.start : window.end])
+                        piece = self.chunking.normalized(raw[window.start : window.end], stats[k])
                         groups.setdefault((version, width), []).append((piece, part_done))
                         owners.setdefault((version, width), set()).add(r)
             except Exception as exc:
