@@ -237,7 +237,7 @@ def test_context_windows_carry_real_audio_on_both_sides_and_keep_only_the_run() 
         assert p.start - c.start == 25 * 320 and c.keep_from == 25  # 0.5 s of lead-in, then the onset
         assert c.end == p.end + 8000 and c.num_kept == p.num_kept
         assert c.start // 320 + c.keep_from == p.start // 320 + p.keep_from  # the same recording frames
-        assert np.abs(wave[c.start : p.start]).max() > 0 or c is ctx[0]  # the lead-in reaches the run before
+        assert np.abs(wave[c.start : p.start]).max() > 0 or c is ctx[0]  # context reaches into the gap before
     fill, _ = chunking.silence_rows(6, 0, 1)
     total = num_frames(wave.size)
     outs = [chunking.run_windows([wave], [plan], _frame_local, 6, 0, 1, normalization=None)[0]
