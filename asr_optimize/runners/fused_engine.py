@@ -175,16 +175,25 @@ class FusedRunner(TorchOutputs, Runner):
         lengths = None if attention_mask is None else np.asarray(attention_mask).sum(axis=1, dtype=np.int64)
         return self.prepare_blocks([values], lengths)
 
-    def prepare_blocks(self, blocks: list[Any], lengths: np.ndarray | None = None) -> _Prepared:
-        """Prepare the rows of several equally wide blocks as one batch, with each row's valid length (None: all
-        full). A block is a float32 host array or a torch tensor (a CUDA one stays on the device).
+    def prepare_blocks(self, blocks: list[Any], lengths: np.ndarray | None = None,
+                       width: int | None = None) -> _Prepared:
+        """Prepare the rows of several blocks as one batch, with each row's valid length (None: all full). A block
+        is a float32 host array or a torch tensor (a CUDA one stays on the device). Without ``width`` every block is
+        equally wide; with it, narrower blocks (the ``asr`` model's utterances, one row each) are zero-padded to
+        ``width`` and ``lengths`` says where each row's audio ends.
 
-        Why blocks: the Triton backend gets one block per request; stacking them here writes each row once, straight
-        into the padded pinned staging buffer (or the device tensor), instead of concatenating, padding and staging
-        in three host copies."""
-        batch, samples = sum(int(b.shape[0]) for b in blocks), int(blocks[0].shape[1])
-        if any(int(b.shape[1]) != samples for b in blocks):
-            raise ValueError(f"blocks of different widths: {sorted({int(b.shape[1]) for b in blocks})}")
+        Why blocks: the Triton models get one block per request or utterance; stacking them here writes each row
+        once, straight into the padded pinned staging buffer (or the device tensor), instead of concatenating,
+        padding and staging in three host copies."""
+        batch = sum(int(b.shape[0]) for b in blocks)
+        samples = int(blocks[0].shape[1]) if width is None else int(width)
+        widths = {int(b.shape[1]) for b in blocks}
+        if width is None and len(widths) > 1:
+            raise ValueError(f"blocks of different widths: {sorted(widths)}")
+        if max(widths) > samples:
+            raise ValueError(f"a block of {max(widths)} samples does not fit width {samples}")
+        if widths != {samples} and lengths is None:
+            raise ValueError("blocks narrower than the width need their rows' lengths")
         frames = output_frames(self.arch, samples)
         if frames < 1:
             raise ValueError(f"{samples} samples is shorter than one frame of this model")
@@ -227,9 +236,9 @@ class FusedRunner(TorchOutputs, Runner):
         row = 0
         for t in tensors:
             out[row : row + t.shape[0], : t.shape[1]].copy_(t)
+            if t.shape[1] < samples:
+                out[row : row + t.shape[0], t.shape[1] :].zero_()
             row += t.shape[0]
-        if samples > tensors[0].shape[1]:
-            out[:row, tensors[0].shape[1] :].zero_()
         if row < batch:
             out[row:].zero_()
         if on_device:

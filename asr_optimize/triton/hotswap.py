@@ -203,7 +203,8 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
     version took when it loaded (``gpu_load_mb``, measured, when it is of the same kind): a fused engine's CUDA graphs
     and activations take several times its weights. ``reloaded``: live versions Triton loads again beside N+1 (a load
     call reloads every listed version; the old copies serve until the new ones are ready), so the need is
-    (1 + reloaded) versions."""
+    (1 + reloaded) versions. A one-hop ``asr`` model holds its own copy of a fused engine: promotion reloads it, its
+    new instances load N+1 while the old ones serve, so the need is at least (1 + its instances) versions."""
     from asr_optimize.triton import gpu_memory
 
     gpus = _acoustic_gpus(kind, opts)
@@ -213,7 +214,9 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
     estimate = size_mb * opts.gpu_memory_factor * opts.batching.instance_count
     measured = serving.gpu_load_mb if serving is not None and serving.kind == kind and serving.gpu_load_mb else 0.0
     per_gpu = max(estimate, measured / len(gpus))
-    need = per_gpu * (1 + reloaded) + opts.gpu_memory_margin_mb
+    one_hop = opts.batching.pipeline_instance_count if kind == "python_fused" and opts.batching.one_hop else 0
+    copies = 1 + max(reloaded, one_hop)
+    need = per_gpu * copies + opts.gpu_memory_margin_mb
     short = [g for g in gpus if g.free_mb < need]
     if not short:
         return None
@@ -221,8 +224,10 @@ def check_gpu_memory(artifact: Path, kind: ModelKind, opts: SwapOptions,
     basis = (f"measured when v{serving.version} loaded: {measured:.0f} MiB over {len(gpus)} GPU(s)"
              if serving is not None and per_gpu == measured / len(gpus) else
              f"{size_mb:.0f} MiB model x {opts.gpu_memory_factor:g} x {opts.batching.instance_count} instance(s)")
-    if reloaded:
-        basis += f"; x {1 + reloaded}: Triton reloads the {reloaded} live version(s) beside it"
+    if reloaded >= one_hop and reloaded:
+        basis += f"; x {copies}: Triton reloads the {reloaded} live version(s) beside it"
+    elif one_hop:
+        basis += f"; x {copies}: the one-hop {opts.pipeline_name} model's {one_hop} instance(s) load it on promotion"
     return (f"not enough free GPU memory to load the new version beside the serving one: GPU {worst.index} has "
             f"{worst.free_mb:.0f} MiB free of {worst.total_mb:.0f} MiB, the new version needs about {need:.0f} MiB "
             f"({basis} + {opts.gpu_memory_margin_mb:.0f} MiB margin); nothing was changed, the serving version keeps "

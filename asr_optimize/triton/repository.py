@@ -103,7 +103,12 @@ class BatchingOptions(Options):
     """Utterances longer than the largest bucket: windows, silence splitting and normalization exactly as in-process
     ``asr_optimize.transcribe`` (same ``ChunkingOptions``), run as one batch and stitched in the pipeline."""
     pipeline_instance_count: int = Field(1, ge=1)
-    """``asr`` pipeline instances (CPU processes: normalization, padding, CTC decoding, BLS calls)."""
+    """``asr`` pipeline instances (processes: normalization, padding, CTC decoding, BLS calls; one hop: each holds
+    its own copy of the engine)."""
+    one_hop: bool = True
+    """A fused engine version is run inside the ``asr`` model (audio in, text out, CTC argmax on the device, no BLS
+    hop, no logits through the host); the acoustic model keeps serving the canary. False: the ``asr`` model calls
+    the acoustic model by BLS for every request. ONNX and TensorRT versions always go by BLS."""
     pipeline_max_queue_delay_us: int = Field(500, ge=0)
     fused_precision: Literal["auto", "fp16", "fp8", "fp8-mixed"] = "auto"
     """GPU fused model: auto = the precision recorded in each version's manifest (the engine's, or the promoted
@@ -227,24 +232,37 @@ def instance_kind(kind: ModelKind, batching: BatchingOptions) -> str:
     return "KIND_CPU" if kind == "python_onnxruntime" else "KIND_GPU"
 
 
-def python_parameters(group_kind: str, batching: BatchingOptions, pad_batches: bool = True) -> dict[str, str]:
-    """Parameters of a python acoustic model: ONNX Runtime's and the fused engine's together (each model.py reads
-    its own), so versions of either kind share one config. ``pad_batches`` false (a model padding changes): no
-    buckets, so the fused model neither pads to nor warms up bucket shapes."""
+def fused_parameters(batching: BatchingOptions, pad_batches: bool = True) -> dict[str, str]:
+    """Parameters of the served fused engine (``asr_optimize.runners.fused_serving``), the same in the acoustic
+    model and the one-hop ``asr`` model, so both capture the same shapes and give the same logits. ``pad_batches``
+    false (a model padding changes): no buckets, so the engine neither pads to nor warms up bucket shapes."""
     buckets = batching.bucket_samples() if pad_batches else []
     warmup = "auto" if batching.fused_warmup is None else str(batching.fused_warmup).lower()
-    params = {"intra_op_threads": str(batching.intra_op_threads),
-              "io_binding": str(batching.io_binding).lower(), "cuda_graphs": str(batching.cuda_graphs).lower(),
-              "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes),
-              "precision": batching.fused_precision, "warmup": warmup,
-              "max_batch_seconds": f"{batching.fused_max_batch_s:g}",
-              "profile_every": str(batching.fused_profile_every),
-              "bucket_samples": ",".join(str(b) for b in buckets),
-              "long_form_chunk_s": (f"{batching.long_form.chunk_s:g}"
-                                    if batching.long_form.enabled and buckets else "")}
+    return {"intra_op_threads": str(batching.intra_op_threads),
+            "precision": batching.fused_precision, "warmup": warmup,
+            "max_batch_seconds": f"{batching.fused_max_batch_s:g}",
+            "profile_every": str(batching.fused_profile_every),
+            "bucket_samples": ",".join(str(b) for b in buckets),
+            "long_form_chunk_s": f"{batching.long_form.chunk_s:g}" if batching.long_form.enabled and buckets else ""}
+
+
+def python_parameters(group_kind: str, batching: BatchingOptions, pad_batches: bool = True) -> dict[str, str]:
+    """Parameters of a python acoustic model: ONNX Runtime's and the fused engine's together (each model.py reads
+    its own), so versions of either kind share one config."""
+    params = {**fused_parameters(batching, pad_batches), "io_binding": str(batching.io_binding).lower(),
+              "cuda_graphs": str(batching.cuda_graphs).lower(),
+              "cuda_graph_max_shapes": str(batching.cuda_graph_max_shapes)}
     if group_kind == "KIND_GPU" and batching.gpu_input_tensors:  # GPU-resident inputs stay there (DLPack)
         params["FORCE_CPU_ONLY_INPUT_TENSORS"] = "no"
     return params
+
+
+def one_hop_device(batching: BatchingOptions) -> str:
+    """Where the one-hop ``asr`` model runs a fused engine: the acoustic fused model's first GPU ("cuda:N") when
+    its instances are GPU ones, else "cpu"."""
+    if instance_kind("python_fused", batching) != "KIND_GPU":
+        return "cpu"
+    return f"cuda:{batching.gpu_ids[0] if batching.gpu_ids else 0}"
 
 
 def _params(values: dict[str, str]) -> str:
@@ -295,37 +313,43 @@ def pipeline_config(
     name: str, acoustic_name: str, acoustic_version: int, has_mask: bool, max_batch_size: int,
     batching: BatchingOptions | None = None, pad_batches: bool = True,
 ) -> str:
-    """config.pbtxt of the ``asr`` BLS pipeline: FP32 audio in, BYTES text out.
+    """config.pbtxt of the ``asr`` model: FP32 (``audio``) or INT16 (``audio_pcm16``) audio in, BYTES text out.
 
-    ``audio`` allows ragged batches, so the batcher hands one ``execute`` requests of any lengths; the pipeline
-    regroups their utterances by length bucket into one acoustic request per bucket. Without a mask, or for a model
-    whose output padding changes (``pad_batches`` false, the version manifest's ``pads_batches``), there are no
-    buckets: every utterance and every long-form window goes at its exact length, equal lengths together.
+    The inputs allow ragged batches, so the batcher hands one ``execute`` requests of any lengths; the model regroups
+    their utterances by length bucket into one engine call per bucket (one hop: a fused engine serving version, run
+    in the model on ``one_hop_device``) or one acoustic request (BLS). Without a mask, or for a model whose output
+    padding changes (``pad_batches`` false, the version manifest's ``pads_batches``), there are no buckets: every
+    utterance and every long-form window goes at its exact length, equal lengths together. The batcher's preferred
+    sizes are the acoustic model's, the batch sizes the engine's CUDA graphs are captured for.
     """
     check_model_name(name, "Triton pipeline name")
     check_model_name(acoustic_name)
     batching = batching or BatchingOptions(max_batch_size=max_batch_size)
     pad_batches = pad_batches and has_mask  # without a mask, padding would change the output
-    buckets = batching.bucket_samples() if pad_batches else []
+    preferred = ", ".join(str(b) for b in batching.preferred_batch_sizes if b <= max_batch_size)
     return "\n".join(
         [
             f'name: "{name}"',
             'backend: "python"',
             f"max_batch_size: {max_batch_size}",
             "input [",
-            '  { name: "audio" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true },',
+            '  { name: "audio" data_type: TYPE_FP32 dims: [ -1 ] allow_ragged_batch: true optional: true },',
+            '  { name: "audio_pcm16" data_type: TYPE_INT16 dims: [ -1 ] allow_ragged_batch: true optional: true },',
             '  { name: "audio_length" data_type: TYPE_INT64 dims: [ 1 ] optional: true }',
             "]",
             'output [ { name: "text" data_type: TYPE_STRING dims: [ 1 ] } ]',
-            f"dynamic_batching {{ max_queue_delay_microseconds: {batching.pipeline_max_queue_delay_us} }}",
+            "dynamic_batching {" + (f" preferred_batch_size: [ {preferred} ]" if preferred else "")
+            + f" max_queue_delay_microseconds: {batching.pipeline_max_queue_delay_us} }}",
             f"instance_group [ {{ kind: KIND_CPU count: {batching.pipeline_instance_count} }} ]",
             _params(
                 {
+                    **fused_parameters(batching, pad_batches),
+                    "one_hop": str(batching.one_hop).lower(),
+                    "one_hop_device": one_hop_device(batching),
                     "acoustic_model": acoustic_name,
                     "acoustic_version": str(acoustic_version),
                     "acoustic_has_mask": "true" if has_mask else "false",
                     "acoustic_max_batch_size": str(max_batch_size),
-                    "bucket_samples": ",".join(str(b) for b in buckets),
                     "pad_batches": "true" if pad_batches else "false",
                     "long_form": batching.long_form.model_dump_json().replace('"', "'"),
                     "sample_rate": str(SAMPLE_RATE),

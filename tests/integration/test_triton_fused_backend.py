@@ -1,8 +1,10 @@
-"""The fused engine served from the real bundled tritonserver (python backend ``fused_acoustic.py``, CPU fp32 here).
+"""The fused engine served from the real bundled tritonserver (python backends ``fused_acoustic.py`` and the one-hop
+``ctc_pipeline.py``, CPU fp32 here).
 
 What this proves: an engine folder goes through the real hot-swap (``tasks.deploy_triton.deploy``) into a repository,
-the ``asr`` pipeline pads utterances to length buckets and the backend pads batches to powers of two (warm-up runs
-every bucket shape at load), and the transcripts equal in-process ``transcribe`` with the same engine; an ONNX
+the ``asr`` model runs the serving engine itself (one hop: the acoustic model answers only the canary), pads
+utterances to length buckets and batches to powers of two (warm-up runs every bucket shape at load), takes float32
+and 16-bit PCM audio, and its transcripts equal in-process ``transcribe`` with the same engine; an ONNX
 version and a fused version live under one config and swap both ways under load. What it does not: CUDA (fp16/fp8,
 graph capture, DLPack inputs), which needs a CUDA GPU.
 """
@@ -61,20 +63,23 @@ def _in_process(engine: Path, waves: list[np.ndarray]) -> list[str]:
 
 
 def _batched(url: str, pipeline: str, waves: list[np.ndarray], rows: int = 4) -> list[str]:
-    """Ragged requests of ``rows`` utterances (audio + audio_length): the pipeline batches them per bucket."""
+    """Ragged requests of ``rows`` utterances (audio + audio_length): the pipeline batches them per bucket. int16
+    waves go as ``audio_pcm16``."""
     import tritonclient.http as httpclient
 
     from asr_optimize.triton.endpoint import http_client
 
     client = http_client(url)
     texts = []
+    pcm16 = waves[0].dtype == np.int16
     for start in range(0, len(waves), rows):
         part = waves[start : start + rows]
-        audio = np.zeros((len(part), max(len(w) for w in part)), dtype=np.float32)
+        audio = np.zeros((len(part), max(len(w) for w in part)), dtype=waves[0].dtype)
         for i, w in enumerate(part):
             audio[i, : len(w)] = w
         lengths = np.array([[len(w)] for w in part], dtype=np.int64)
-        inputs = [httpclient.InferInput("audio", list(audio.shape), "FP32"),
+        inputs = [httpclient.InferInput("audio_pcm16" if pcm16 else "audio", list(audio.shape),
+                                        "INT16" if pcm16 else "FP32"),
                   httpclient.InferInput("audio_length", list(lengths.shape), "INT64")]
         inputs[0].set_data_from_numpy(audio)
         inputs[1].set_data_from_numpy(lengths)
@@ -99,10 +104,42 @@ def test_pipeline_on_the_fused_engine_matches_in_process(triton, engine: Path) -
     assert _batched(triton.http_url, repo_mod.DEFAULT_PIPELINE_NAME, waves) == expected  # padded batches
     manifest = repo_mod.read_manifest(triton.repository, repo_mod.DEFAULT_MODEL_NAME, decision.serving_version)
     assert manifest is not None and manifest.kind == "python_fused" and manifest.engine_format == 1
-    # warm-up ran every padded (batch 1/2/4) x (bucket 1.5/2/3.5 s + the 3.5 s window) shape
-    assert "warm-up of 12 shapes (fp32 on cpu)" in triton.log_tail(200_000)
-    assert "execute phases over 4 executes" in triton.log_tail(200_000)  # fused_profile_every
+    # warm-up ran every padded (batch 1/2/4) x (bucket 1.5/2/3.5 s + the 3.5 s window) shape, in the acoustic model
+    # and in the one-hop asr model
+    log = triton.log_tail(400_000)
+    assert log.count("warm-up of 12 shapes (fp32 on cpu)") >= 2
+    assert "execute phases over 4 executes" in log  # fused_profile_every
     _acoustic_matches_in_process(triton.http_url, engine, waves[:2])
+
+
+def _successes(url: str, model: str) -> int:
+    """Requests Triton has answered for ``model`` (every loaded version)."""
+    from asr_optimize.triton.endpoint import http_client
+
+    stats = http_client(url).get_inference_statistics(model)
+    return sum(int(m["inference_stats"]["success"]["count"]) for m in stats["model_stats"])
+
+
+def test_one_hop_text_equals_in_process_for_float32_and_int16(triton, engine: Path) -> None:
+    """The asr model runs the serving fused engine itself: short and long-form requests, float32 and 16-bit PCM,
+    give in-process ``transcribe``'s text, and the acoustic model answers none of them (no BLS hop)."""
+    from asr_optimize.triton.hotswap import CanarySet, SwapOptions, hot_swap
+
+    model, pipeline = "am_one_hop", "asr_one_hop"
+    ids, waves = _waves()
+    expected = _in_process(engine, waves)
+    opts = SwapOptions(model_name=model, pipeline_name=pipeline, grace_s=0.2, batching=_batching())
+    decision = hot_swap(triton.repository, engine, DEMO_MODEL, CanarySet(ids, waves, expected), triton.http_url, opts)
+    assert decision.promoted, decision.summary()
+    config = repo_mod.read_config(triton.repository, pipeline)
+    assert config.parameters["one_hop"].string_value == "true"
+    assert config.parameters["one_hop_device"].string_value == "cpu"
+    acoustic_before = _successes(triton.http_url, model)
+    assert _batched(triton.http_url, pipeline, waves) == expected  # 8 utterances + a long-form recording
+    pcm = [np.clip(np.round(w * 32767.0), -32768, 32767).astype(np.int16) for w in waves]
+    assert _batched(triton.http_url, pipeline, pcm) == _in_process(engine, [p / np.float32(32768.0) for p in pcm])
+    assert _successes(triton.http_url, model) == acoustic_before
+    assert _successes(triton.http_url, pipeline) >= 2 * len(waves) // 4
 
 
 def _acoustic_matches_in_process(url: str, engine: Path, waves: list[np.ndarray]) -> None:

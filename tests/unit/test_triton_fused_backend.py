@@ -6,9 +6,6 @@ Served from the real bundled tritonserver: ``tests/integration/test_triton_fused
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -137,23 +134,21 @@ def test_gpu_memory_check_sizes_the_whole_folder(engine: Path, monkeypatch: pyte
     # Triton reloads the live versions beside the candidate: each of them needs that footprint again
     monkeypatch.setattr(gpu_memory, "gpu_memory", lambda: [
         gpu_memory.GpuMemory(index=0, name="fake", total_mb=81559, used_mb=51559, free_mb=30000)])
-    assert check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), serving) is None
-    reason = check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), serving, reloaded=1)
+    bls = SwapOptions(gpu_memory_margin_mb=0, batching=BatchingOptions(one_hop=False))
+    assert check_gpu_memory(engine, "python_fused", bls, serving) is None
+    reason = check_gpu_memory(engine, "python_fused", bls, serving, reloaded=1)
     assert reason is not None and "x 2: Triton reloads the 1 live version(s)" in reason and "35600 MiB" in reason
+    # one hop: the asr model holds its own copy, and loads N+1 beside it on promotion
+    reason = check_gpu_memory(engine, "python_fused", SwapOptions(gpu_memory_margin_mb=0), serving)
+    assert reason is not None and "x 2: the one-hop asr model's 1 instance(s)" in reason and "35600 MiB" in reason
 
 
 def test_warmup_shapes_cover_the_pipelines_windows() -> None:
-    """The backend's bucket list (loaded with a bare stand-in for Triton's utils, only to import it) holds every
-    long-form window width ``chunking`` plans, and batch sizes up to the power of two above max_batch_size."""
+    """The served engine's bucket list holds every long-form window width ``chunking`` plans, and batch sizes up to
+    the power of two above max_batch_size."""
     from asr_optimize.audio import chunking
+    from asr_optimize.runners import fused_serving as module
 
-    sys.modules["triton_python_backend_utils"] = types.ModuleType("triton_python_backend_utils")
-    try:
-        spec = importlib.util.spec_from_file_location("fused_acoustic_under_test", repo_mod.FUSED_ACOUSTIC)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.modules.pop("triton_python_backend_utils", None)
     kernels, strides = [10, 3, 3, 3, 3, 2, 2], [5, 2, 2, 2, 2, 2, 2]
     window = module.window_samples(20.0, kernels, strides)
     widest = max(w.num_samples for n in range(320_000, 700_000, 997)

@@ -1,4 +1,5 @@
-"""Triton python-backend (BLS) model ``asr``: 16 kHz float audio in, Hindi text out.
+"""Triton python-backend model ``asr``: 16 kHz audio in, text out; a fused engine runs in this model (one hop),
+other artifacts are called by BLS.
 
 Per utterance: normalize (as the wav2vec2 feature extractor does, over the valid samples), pad to the smallest
 length bucket that holds it (config parameter ``bucket_samples``; padding is masked through ``attention_mask``),
@@ -14,9 +15,18 @@ Parameter ``pad_batches: false`` (a model whose output zero padding changes, e.g
 buckets then): nothing is padded, each utterance and each long-form window goes at its exact length, equal lengths
 in one request, as in-process ``transcribe`` runs such models.
 
+One hop (parameter ``one_hop: true``, the default, and the serving version is a fused engine): this model loads
+the serving version's engine itself (``asr_optimize.runners.fused_serving``, from the acoustic model's version
+folder, on the device ``one_hop_device`` names) and runs it in process: each utterance is written once into the
+engine's pinned staging buffer, the bucket's CUDA graph runs, the CTC argmax runs on the device and only token ids
+come back to the host. No BLS round trip, no logits through the host. Long-form windows of every request are
+padded to one window width, so the windows of concurrent recordings share engine calls. Requests naming another
+acoustic version (the hot swap's canary) go to the acoustic model by BLS as before.
+
 The acoustic version comes from the config parameter ``acoustic_version``; a request parameter
-``acoustic_version`` overrides it (the canary uses that). Inputs: ``audio`` FP32 [batch, samples], optional
-``audio_length`` INT64 [batch, 1] for right-padded batches. Output: ``text`` BYTES [batch, 1], UTF-8.
+``acoustic_version`` overrides it (the canary uses that). Inputs: ``audio`` FP32 [batch, samples] or
+``audio_pcm16`` INT16 [batch, samples] (16-bit PCM, half the bytes; scaled by 1/32768), exactly one of them;
+optional ``audio_length`` INT64 [batch, 1] for right-padded batches. Output: ``text`` BYTES [batch, 1], UTF-8.
 Same arithmetic as ``asr_optimize.transcribe`` (recording-level normalization, frame geometry, greedy decoding).
 """
 
@@ -24,6 +34,7 @@ import asyncio
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +43,7 @@ import triton_python_backend_utils as pb_utils
 MIN_SAMPLES = 400
 SILENCE_PEAK = 1e-4
 SPECIAL_TOKENS = {"<s>", "</s>", "<unk>", "<pad>"}
+PCM16_SCALE = 1.0 / 32768.0
 
 
 def _load_chunking(path):
@@ -73,6 +85,30 @@ class TritonPythonModel:
         self.receptive = receptive
         self.chunking = _load_chunking(version_dir / "chunking.py")
         self.delimiter_id = self.tokens.index(self.delimiter) if self.delimiter in self.tokens else self.blank_id
+        self.serving = None
+        if params.get("one_hop", "false") == "true":
+            self.serving = self._load_engine(params, Path(args["model_repository"]).parent / self.acoustic)
+
+    def _load_engine(self, params, acoustic_dir):
+        """The serving version's fused engine, run in this process (one hop); None when that version is not a
+        fused engine (ONNX, TensorRT plan: those are served by BLS)."""
+        version_dir = acoustic_dir / str(self.version)
+        if not (version_dir / "engine" / "engine.json").is_file():
+            return None
+        try:
+            from asr_optimize.runners.fused_serving import FusedServing, ServingError
+        except Exception as exc:
+            raise pb_utils.TritonModelException(
+                f"one_hop: serving {version_dir} in this model needs the asr_optimize package (and torch) in the "
+                f"python stub's environment: {type(exc).__name__}: {exc}"
+            ) from exc
+        device = params.get("one_hop_device", "cpu")
+        on_gpu = device.startswith("cuda")
+        try:
+            return FusedServing(version_dir, params, self.max_rows, on_gpu,
+                                int(device.partition(":")[2] or 0) if on_gpu else 0, pb_utils.Logger.log_info)
+        except ServingError as exc:
+            raise pb_utils.TritonModelException(f"one_hop: {exc}") from exc
 
     # ------------------------------------------------------------------ arithmetic
 
@@ -82,8 +118,8 @@ class TritonPythonModel:
             out = (out - kernel) // stride + 1
         return max(out, 0)
 
-    def _decode(self, logits):
-        path = logits.argmax(axis=-1)
+    def _decode(self, path):
+        """Text of a CTC greedy path (token id per frame): collapse repeats, drop blanks and special tokens."""
         if path.size:
             path = path[np.concatenate(([True], path[1:] != path[:-1]))]
         pieces = [self.tokens[i] for i in path if i != self.blank_id]
@@ -102,8 +138,18 @@ class TritonPythonModel:
 
     # ------------------------------------------------------------------ requests
 
+    def _audio(self, request):
+        """The request's audio as float32 [batch, samples]: ``audio`` as sent, or ``audio_pcm16`` scaled."""
+        audio = pb_utils.get_input_tensor_by_name(request, "audio")
+        pcm16 = pb_utils.get_input_tensor_by_name(request, "audio_pcm16")
+        if (audio is None) == (pcm16 is None):
+            raise ValueError("send exactly one of audio (FP32) and audio_pcm16 (INT16)")
+        if audio is not None:
+            return audio.as_numpy().astype(np.float32, copy=False)
+        return pcm16.as_numpy().astype(np.float32) * np.float32(PCM16_SCALE)
+
     def _parse(self, request):
-        audio = pb_utils.get_input_tensor_by_name(request, "audio").as_numpy().astype(np.float32, copy=False)
+        audio = self._audio(request)
         if audio.ndim != 2:
             raise ValueError(f"audio must be [batch, samples], got shape {audio.shape}")
         length_tensor = pb_utils.get_input_tensor_by_name(request, "audio_length")
@@ -161,19 +207,30 @@ class TritonPythonModel:
         return self.chunking.plan_windows(n, chunk_s, stride_s, self.sample_rate, self.frame_samples, self.receptive)
 
     def _stitch(self, parts, windows, n):
-        fill, boundary = self.chunking.silence_rows(len(self.tokens), self.blank_id, self.delimiter_id)
+        """The recording's greedy path from its windows' paths. Stitching only selects frames, so stitching the
+        argmax equals the argmax of the stitched logits (in-process ``transcribe``): a path is stitched as a
+        one-column array, skipped silence as blank frames, each cut's first frame as a word delimiter."""
         total = self.chunking.num_frames(n, self.frame_samples, self.receptive)
-        return self.chunking.stitch(parts, windows, total, fill, boundary, self.frame_samples)
+        columns = [np.asarray(p, dtype=np.float32)[:, None] for p in parts]
+        fill, boundary = np.array([self.blank_id], np.float32), np.array([self.delimiter_id], np.float32)
+        path = self.chunking.stitch(columns, windows, total, fill, boundary, self.frame_samples)
+        return path[:, 0].astype(np.int64)
 
     async def _run(self, version, width, rows):
-        """rows: list of (wave, on_logits) sharing ``width``; one or more acoustic requests of <= max_rows.
+        """rows: list of (wave, on_path) sharing ``width``; ``on_path`` gets the utterance's greedy path.
 
-        With ``pad_batches`` false (a model whose output zero padding changes, recorded in its version manifest)
-        rows of different lengths are never padded to one width: each length goes as its own requests."""
+        The serving version's fused engine runs in process (one hop); other versions go to the acoustic model in
+        requests of <= max_rows. With ``pad_batches`` false (a model whose output zero padding changes, recorded in
+        its version manifest) rows of different lengths are never padded to one width: each length goes alone."""
         lengths = sorted({wave.shape[0] for wave, _ in rows})
         if not self.pad_batches and lengths != [width]:
             await asyncio.gather(*(self._run(version, n, [row for row in rows if row[0].shape[0] == n])
                                    for n in lengths))
+            return
+        if self.serving is not None and version == self.version:
+            paths = self.serving.greedy_ids([wave for wave, _ in rows], width)
+            for (wave, on_path), path in zip(rows, paths, strict=True):
+                on_path(path[: self._frames(wave.shape[0])])
             return
         for start in range(0, len(rows), self.max_rows):
             part = rows[start : start + self.max_rows]
@@ -191,10 +248,21 @@ class TritonPythonModel:
             if response.has_error():
                 raise RuntimeError(f"{self.acoustic} version {version}: {response.error().message()}")
             logits = pb_utils.get_output_tensor_by_name(response, "logits").as_numpy()
-            for i, (wave, on_logits) in enumerate(part):
-                on_logits(logits[i, : self._frames(wave.shape[0])])
+            for i, (wave, on_path) in enumerate(part):
+                on_path(logits[i, : self._frames(wave.shape[0])].argmax(axis=-1))
+
+    def _window_width(self, version, widest):
+        """Width a recording's windows are padded to: one shared width on the one-hop path (the engine's long-form
+        bucket), so concurrent recordings' windows share engine calls; else the recording's widest window."""
+        serving = self.serving if version == self.version else None
+        if serving is not None and self.pad_batches and widest <= serving.window:
+            return serving.window
+        return widest
 
     async def execute(self, requests):
+        if self.serving is not None:
+            self.serving.enter()
+        started = time.perf_counter()
         texts = {}
         errors = {}
         groups = {}  # (version, width) -> [(wave, callback)]
@@ -209,8 +277,8 @@ class TritonPythonModel:
                         continue
                     target = self._target(raw.shape[0])
                     if target is not None:
-                        def done(logits, r=r, u=u):
-                            texts[r][u] = self._decode(logits)
+                        def done(path, r=r, u=u):
+                            texts[r][u] = self._decode(path)
 
                         groups.setdefault((version, target), []).append((self._prepare(raw), done))
                         owners.setdefault((version, target), set()).add(r)
@@ -222,10 +290,10 @@ class TritonPythonModel:
                     mode = self.long_form.get("normalization", "window") if self.normalize else None
                     stats = self.chunking.window_stats(raw, windows, mode, self.frame_samples)
                     parts = [None] * len(windows)
-                    width = max(w.end - w.start for w in windows)  # all windows of a recording: one batch
+                    width = self._window_width(version, max(w.end - w.start for w in windows))
                     for k, window in enumerate(windows):
-                        def part_done(logits, r=r, u=u, k=k, parts=parts, windows=windows, n=raw.shape[0]):
-                            parts[k] = logits
+                        def part_done(path, r=r, u=u, k=k, parts=parts, windows=windows, n=raw.shape[0]):
+                            parts[k] = path
                             if all(p is not None for p in parts):
                                 texts[r][u] = self._decode(self._stitch(parts, windows, n))
 
@@ -234,6 +302,8 @@ class TritonPythonModel:
                         owners.setdefault((version, width), set()).add(r)
             except Exception as exc:
                 errors[r] = str(exc)
+        if self.serving is not None:
+            self.serving.tick("inputs", started)
         keys = list(groups)
         results = await asyncio.gather(*(self._run(v, w, groups[(v, w)]) for v, w in keys), return_exceptions=True)
         for key, result in zip(keys, results, strict=True):
@@ -247,4 +317,11 @@ class TritonPythonModel:
                 continue
             text = np.array([[t.encode("utf-8")] for t in texts[r]], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("text", text)]))
+        if self.serving is not None:
+            self.serving.executed(len(requests))
         return responses
+
+    def finalize(self):
+        serving, self.serving = getattr(self, "serving", None), None
+        if serving is not None:
+            serving.close()
