@@ -38,6 +38,18 @@ SERVE_PROCESSES = 1
 SERVE_UTTERANCES = 16
 """Demo test-set utterances the load cycles through."""
 
+# -- Triton's perf_analyzer (``asr-optimize perf-analyzer``, ``make perf-analyzer``) --------------------------------
+PERF_CONCURRENCY = "1,4,16,64"
+PERF_DURATIONS = "1,10"
+"""Request lengths in seconds: every request of a sweep is exactly this long (demo speech, tiled or cropped)."""
+PERF_MEASUREMENT_INTERVAL_MS = 5000
+"""perf_analyzer's own default measurement window."""
+PERF_STABILITY_PERCENTAGE = 10.0
+PERF_MAX_TRIALS = 10
+PERF_LEVEL_TIMEOUT_S = 600.0
+"""A perf_analyzer run (one concurrency level) still going after this long is stopped and recorded as unstable."""
+PERF_UTTERANCES = 16
+
 # -- the swap-under-load soak (``asr-optimize soak``) ---------------------------------------------------------------
 SOAK_SWAPS = 20
 SOAK_CONCURRENCY = 4

@@ -361,6 +361,90 @@ def serve_bench_command(
         raise typer.Exit(EXIT_STAGE_FAILED)
 
 
+@app.command("perf-analyzer")
+def perf_analyzer_command(
+    url: Annotated[str | None, typer.Option(help="Triton endpoint, host:port (gRPC; HTTP with --protocol http); "
+                                                 "default: the bundled tritonserver on --triton-repository")] = None,
+    triton_repository: Annotated[Path | None, typer.Option(help="repository for the bundled server")] = None,
+    model: Annotated[str, typer.Option(help="the model perf_analyzer calls")] = defaults.TRITON_PIPELINE_NAME,
+    model_version: Annotated[str, typer.Option(help="model version ('' = the highest loaded)")] = "",
+    protocol: Annotated[str, typer.Option(help="grpc or http")] = "grpc",
+    concurrency: Annotated[str, typer.Option(help="requests kept in flight, a comma list (one perf_analyzer run "
+                                                  "per level)")] = defaults.PERF_CONCURRENCY,
+    durations: Annotated[str, typer.Option(help="request lengths in seconds, a comma list")] = (
+        defaults.PERF_DURATIONS),
+    measurement_interval: Annotated[int, typer.Option(help="perf_analyzer's measurement window (ms)", min=10)] = (
+        defaults.PERF_MEASUREMENT_INTERVAL_MS),
+    stability_percentage: Annotated[float, typer.Option(help="3 windows agree within this % (throughput, "
+                                                             "latency)", min=0.001)] = (
+        defaults.PERF_STABILITY_PERCENTAGE),
+    max_trials: Annotated[int, typer.Option(help="windows per level before it is recorded as unstable", min=1)] = (
+        defaults.PERF_MAX_TRIALS),
+    input_dtype: Annotated[str, typer.Option(help="float32 (input `audio`) or int16 (input `audio_pcm16`, 16-bit "
+                                                  "PCM)")] = "float32",
+    utterances: Annotated[int, typer.Option(help="demo test-set utterances in the input data", min=1)] = (
+        defaults.PERF_UTTERANCES),
+    level_timeout_s: Annotated[float, typer.Option(help="time limit per level (s); past it the level is "
+                                                        "recorded as unstable", min=1)] = defaults.PERF_LEVEL_TIMEOUT_S,
+    binary: Annotated[Path | None, typer.Option(help="the perf_analyzer binary (default: $ASR_OPTIMIZE_PERF_ANALYZER, "
+                                                     "PATH, then this venv; `make perf-analyzer` installs it)")] = None,
+    label: str = "",
+    device: Annotated[str, typer.Option(help="label for the rows (e.g. the GPU's name)")] = "",
+    out: Annotated[Path | None, typer.Option(help="output folder (default reports/perf-analyzer-<time>)")] = None,
+) -> None:
+    """Triton's perf_analyzer: a concurrency sweep per request length with real speech (inferences/s, x real time,
+    p50/p90/p95/p99, Triton's queue and compute time)."""
+    from datetime import UTC, datetime
+
+    from asr_optimize.loadtest.perf_analyzer import (
+        PerfAnalyzerError,
+        PerfAnalyzerOptions,
+        find_perf_analyzer,
+        perf_analyzer_version,
+        run_perf_analyzer,
+    )
+    from asr_optimize.triton.endpoint import EndpointError, parse_address
+    from tasks.deploy_triton import triton_endpoint
+
+    try:
+        address = parse_address(url, "http" if protocol == "http" else "grpc") if url is not None else None
+        opts = PerfAnalyzerOptions(
+            model_name=model, model_version=model_version, protocol=protocol,
+            concurrency=_int_list(concurrency, "--concurrency"), durations_s=[float(d) for d in durations.split(",")
+                                                                               if d.strip()],
+            measurement_interval_ms=measurement_interval, stability_percentage=stability_percentage,
+            max_trials=max_trials, input_dtype=input_dtype, utterances=utterances, level_timeout_s=level_timeout_s,
+            label=label)
+    except (ValidationError, ValueError, EndpointError) as exc:
+        raise typer.BadParameter(" ".join(str(exc).split())) from None
+    try:
+        program = binary if binary is not None else find_perf_analyzer()
+        version = perf_analyzer_version(program)
+    except PerfAnalyzerError as exc:
+        raise _fail(EXIT_BAD_INPUT, str(exc)) from exc
+    console.print(f"perf_analyzer {version} ({program})")
+    folder = out or get_settings().reports_dir / datetime.now(UTC).strftime("perf-analyzer-%Y%m%d-%H%M%S")
+    repository = (triton_repository or get_settings().triton_repository).resolve()
+    try:
+        with triton_endpoint(address, repository) as endpoint:
+            result = run_perf_analyzer(endpoint, opts, out_dir=folder, device=device, binary=program,
+                                       progress=lambda row: console.print(
+                                           f"  {row.duration_s:g} s c={row.concurrency:<3} " + (
+                                               f"{row.inferences_per_s:8.1f} infer/s p50 {row.p50_ms:7.2f} ms "
+                                               f"p99 {row.p99_ms:7.2f} ms" if row.stable else
+                                               f"unstable: {row.reason}")))
+    except (AsrOptimizeError, TransientError, ConnectionError) as exc:
+        message = " ".join(str(exc).split())
+        if "connect" in message.lower():
+            message += f" (is Triton up at {address or 'the bundled server'}?)"
+        raise _fail(EXIT_BAD_INPUT, message) from exc
+    console.print(result.markdown())
+    if result.unstable:
+        console.print(f"[yellow]{len(result.unstable)} level(s) did not reach a stable measurement[/] (raise "
+                      "--measurement-interval or --stability-percentage)")
+    console.print(f"results in {folder}")
+
+
 @app.command()
 def soak(
     repository: Annotated[Path, typer.Option(help="the served model repository (already serving)")],

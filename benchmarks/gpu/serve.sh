@@ -31,7 +31,12 @@
 #   MAX_WINDOWS         windows per level before giving up on stability              [8]
 #   PROCESSES           load-generator processes (serve-bench --processes)           [1]
 #   LABEL               title of the results                      [<model folder>, <artifact> (speed only)]
-# Results: serve-bench/ (serve_bench.csv, .json, .md, charts), deploy.md, the generated config.pbtxt files,
+#   PERF_ANALYZER       1: after serve-bench, the same sweep with Triton's perf_analyzer   [0]
+#   PERF_ANALYZER_BIN   its binary                     [$ASR_OPTIMIZE_PERF_ANALYZER, PATH, then the venv]
+#   PERF_MODEL          the model perf_analyzer calls                                [asr]
+#   PERF_INTERVAL_MS    perf_analyzer's measurement window (ms)                      [5000]
+# Results: serve-bench/ (serve_bench.csv, .json, .md, charts), perf_analyzer/ (perf_analyzer.csv, .json, .md, raw/:
+# its own CSV and console per level; with PERF_ANALYZER=1), deploy.md, the generated config.pbtxt files,
 # tritonserver.log, console.log, machine.txt, GPU memory before and after.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -68,3 +73,13 @@ args=(serve-bench --url "$(cat "$url_file")" --concurrency "${CONCURRENCY:-1,4,1
 [ "${PROCESSES:-1}" = 1 ] || args+=(--processes "$PROCESSES")
 echo "+ asr-optimize ${args[*]}"
 "${CLI[@]}" "${args[@]}"
+
+if [ "${PERF_ANALYZER:-0}" = 1 ]; then
+  # `make perf-analyzer` installs perf_analyzer 2.51 into the venv; the CLI puts its CUDA runtime on the library path
+  pa_args=(perf-analyzer --url "$(cat "$url_file")" --model "${PERF_MODEL:-asr}" --concurrency "${CONCURRENCY:-1,4,16,64}"
+           --durations "${DURATIONS:-1,10}" --measurement-interval "${PERF_INTERVAL_MS:-5000}" --label "$label"
+           --out "$OUT/perf_analyzer")
+  [ -n "${PERF_ANALYZER_BIN:-}" ] && pa_args+=(--binary "$PERF_ANALYZER_BIN")
+  echo "+ asr-optimize ${pa_args[*]}"
+  "${CLI[@]}" "${pa_args[@]}"
+fi

@@ -8,6 +8,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSETS = REPO_ROOT / "asr_optimize" / "assets"
 DEMO_MODEL = ASSETS / "demo-model"
 VOCAB_DIR = ASSETS / "replica-config"
+TEST_DATA = REPO_ROOT / "tests" / "data"
+"""Small files captured from real tools for parser tests (e.g. ``perf_analyzer/``: its CSV and console output)."""
 
 # a 2-layer random Wav2Vec2ForCTC with the real Hindi vocabulary (made at test time, see conftest.tiny_model)
 TINY_OVERRIDES = {

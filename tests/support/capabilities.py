@@ -74,6 +74,17 @@ def _tritonserver() -> str | None:
     return _tritonclient()
 
 
+def _perf_analyzer() -> str | None:
+    """Triton's perf_analyzer found (``make perf-analyzer``) and able to start (its libraries present)."""
+    from asr_optimize.loadtest.perf_analyzer import PerfAnalyzerError, perf_analyzer_version
+
+    try:
+        perf_analyzer_version()
+    except PerfAnalyzerError as exc:
+        return str(exc)
+    return None
+
+
 def _which(program: str, hint: str) -> Callable[[], str | None]:
     return lambda: None if shutil.which(program) else f"{program} not on PATH ({hint})"
 
@@ -125,6 +136,7 @@ PROBES: dict[str, Callable[[], str | None]] = {
     "no-tensorrt": _no_tensorrt,  # the opposite: the refusal paths can be seen
     "tritonclient": _tritonclient,
     "tritonserver": _tritonserver,  # the bundled binary (nvidia-pytriton) and the clients
+    "perf-analyzer": _perf_analyzer,  # Triton's load generator (make perf-analyzer) and its libraries
     "espeak-ng": _which("espeak-ng", "apt-get install -y espeak-ng"),
     "chromium": _chromium,
     "hadolint": _hadolint,
