@@ -324,6 +324,7 @@ def serve_bench_command(
     label: str = "",
     device: Annotated[str, typer.Option(help="label for the rows (e.g. the GPU's name)")] = "",
     speed_only: Annotated[bool, typer.Option(help="label the results speed-only (random-weight model)")] = False,
+    pcm16: Annotated[bool, typer.Option(help="send the pipeline 16-bit PCM (audio_pcm16) instead of float32")] = False,
     out: Annotated[Path | None, typer.Option(help="output folder (default reports/serve-bench-<time>)")] = None,
 ) -> None:
     """Serving benchmark: a concurrency sweep against Triton (throughput, p50/p90/p99, queue vs compute, failures)."""
@@ -341,7 +342,7 @@ def serve_bench_command(
             stability=stability, stable_windows=stable_windows, max_windows=max_windows,
             min_window_requests=min_window_requests, max_level_s=max_level_s, request_timeout_s=request_timeout_s,
             processes=processes, model_name=model_name, pipeline_name=pipeline_name,
-            acoustic_version=acoustic_version, label=label, speed_only=speed_only)
+            acoustic_version=acoustic_version, label=label, speed_only=speed_only, pcm16=pcm16)
     except (ValidationError, ValueError, EndpointError) as exc:
         raise typer.BadParameter(str(exc)) from None
     folder = out or get_settings().reports_dir / datetime.now(UTC).strftime("serve-bench-%Y%m%d-%H%M%S")

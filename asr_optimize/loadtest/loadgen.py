@@ -81,6 +81,8 @@ class ServeBenchOptions(Options):
     label: str = ""
     speed_only: bool = False
     """True for random-weight models (the replica): transcripts are meaningless, timings are what count."""
+    pcm16: bool = False
+    """Send the pipeline 16-bit PCM (``audio_pcm16``, half the bytes) instead of float32 ``audio``."""
 
 
 class LevelResult(BaseModel):
@@ -275,7 +277,12 @@ class _Payload:
         self.inputs, self.outputs, self.audio_s = inputs, outputs, audio_s
 
 
-def _payloads(target: Target, waves: list[np.ndarray], with_mask: bool) -> list[_Payload]:
+def pcm16(wave: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] as 16-bit PCM (rounded, clipped)."""
+    return np.clip(np.round(np.asarray(wave, dtype=np.float32) * 32767.0), -32768, 32767).astype(np.int16)
+
+
+def _payloads(target: Target, waves: list[np.ndarray], with_mask: bool, as_pcm16: bool = False) -> list[_Payload]:
     import tritonclient.grpc.aio as grpcclient
 
     out = []
@@ -283,7 +290,10 @@ def _payloads(target: Target, waves: list[np.ndarray], with_mask: bool) -> list[
     for wave in waves:
         audio = np.ascontiguousarray(wave, dtype=np.float32)[None]
         if target == "pipeline":
-            tensor = grpcclient.InferInput("audio", list(audio.shape), "FP32")
+            if as_pcm16:
+                audio = pcm16(audio)
+            tensor = grpcclient.InferInput("audio_pcm16" if as_pcm16 else "audio", list(audio.shape),
+                                           "INT16" if as_pcm16 else "FP32")
             tensor.set_data_from_numpy(audio)
             inputs, outputs = [tensor], [grpcclient.InferRequestedOutput("text")]
         else:
@@ -336,13 +346,13 @@ async def _infer_loop(client: Any, model: str, version: str, payloads: list[_Pay
 
 
 def _child_load(url: str, target: Target, model: str, version: str, clips: list[np.ndarray], with_mask: bool,
-                workers: list[int], stride: int, timeout_s: float, out: Any, stop: Any) -> None:
+                as_pcm16: bool, workers: list[int], stride: int, timeout_s: float, out: Any, stop: Any) -> None:
     """A load-generator process (``processes`` > 1): ``workers`` (their first payload indices) keep requests in
     flight until ``stop`` is set; records go to ``out`` every 0.2 s, after a ("ready",) message."""
 
     async def main() -> None:
         client = grpc_client(url)
-        payloads = _payloads(target, clips, with_mask)
+        payloads = _payloads(target, clips, with_mask, as_pcm16)
         batch: list[tuple[float, float, str | None]] = []
         out.put(("ready",))
 
@@ -370,11 +380,11 @@ class _ProcessLoad:
     """``processes`` child load generators for one level (see ``ServeBenchOptions.processes``)."""
 
     def __init__(self, url: str, target: Target, model: str, version: str, clips: list[np.ndarray], with_mask: bool,
-                 concurrency: int, processes: int, timeout_s: float) -> None:
+                 as_pcm16: bool, concurrency: int, processes: int, timeout_s: float) -> None:
         ctx = multiprocessing.get_context("spawn")  # no forked gRPC or asyncio state
         self.out, self.stop = ctx.Queue(), ctx.Event()
         self.procs = [ctx.Process(target=_child_load, daemon=True,
-                                  args=(url, target, model, version, clips, with_mask,
+                                  args=(url, target, model, version, clips, with_mask, as_pcm16,
                                         list(range(i, concurrency, processes)), concurrency, timeout_s, self.out,
                                         self.stop))
                       for i in range(processes)]
@@ -425,8 +435,8 @@ class _ProcessLoad:
 
 async def _level(client: Any, target: Target, model: str, version: str, payloads: list[_Payload], concurrency: int,
                  opts: ServeBenchOptions, stat_models: list[str],
-                 spawn: tuple[str, list[np.ndarray], bool] | None = None) -> LevelResult:
-    """One concurrency level. ``spawn`` (url, clips, with_mask): run the workers in ``opts.processes`` child
+                 spawn: tuple[str, list[np.ndarray], bool, bool] | None = None) -> LevelResult:
+    """One concurrency level. ``spawn`` (url, clips, with_mask, as_pcm16): run the workers in ``opts.processes`` child
     processes instead of this event loop."""
     records: list[tuple[float, float, bool]] = []  # (end time, latency s, ok)
     errors: Counter[str] = Counter()
@@ -446,7 +456,7 @@ async def _level(client: Any, target: Target, model: str, version: str, payloads
 
     tasks: list[Any] = []
     if spawn is not None and min(opts.processes, concurrency) > 1:
-        pool = _ProcessLoad(spawn[0], target, model, version, spawn[1], spawn[2], concurrency,
+        pool = _ProcessLoad(spawn[0], target, model, version, spawn[1], spawn[2], spawn[3], concurrency,
                             min(opts.processes, concurrency), opts.request_timeout_s)
         await pool.start()
     else:
@@ -540,8 +550,8 @@ async def _sweep(url: str, waves: list[np.ndarray], opts: ServeBenchOptions, pro
             version = "" if target == "pipeline" else opts.acoustic_version
             for seconds in lengths:
                 clips = [fit_duration(w, seconds) for w in waves] if seconds else list(waves)
-                payloads = _payloads(target, clips, with_mask)
-                spawn = (url, clips, with_mask) if opts.processes > 1 else None
+                payloads = _payloads(target, clips, with_mask, opts.pcm16)
+                spawn = (url, clips, with_mask, opts.pcm16) if opts.processes > 1 else None
                 for concurrency in opts.concurrency:
                     row = await _level(client, target, model, version, payloads, concurrency, opts, stat_models,
                                        spawn)

@@ -39,7 +39,7 @@ from pydantic import BaseModel, Field
 from asr_optimize import defaults
 from asr_optimize.errors import AsrOptimizeError
 from asr_optimize.loadtest.charts import markdown_table
-from asr_optimize.loadtest.loadgen import demo_audio, fit_duration
+from asr_optimize.loadtest.loadgen import demo_audio, fit_duration, pcm16
 from asr_optimize.model.io_spec import SAMPLE_RATE
 from asr_optimize.options import Options
 from asr_optimize.triton.names import TritonModelName
@@ -49,7 +49,6 @@ BINARY_ENV = "ASR_OPTIMIZE_PERF_ANALYZER"
 BINARY_NAME = "perf_analyzer"
 INSTALL_HINT = ("install it with `make perf-analyzer` (Triton's perf_analyzer 2.51, from the tritonclient 2.51.0 "
                 f"wheel, into the venv), or set {BINARY_ENV} to a perf_analyzer binary")
-PCM16_SCALE = 32767
 INPUT_NAMES = {"float32": ("audio", "FP32"), "int16": ("audio_pcm16", "INT16")}
 """The ``asr`` pipeline's input per ``input_dtype``: float samples in [-1, 1], or 16-bit PCM (round(x * 32767))."""
 
@@ -264,7 +263,7 @@ def input_tensors(waves: Sequence[np.ndarray], seconds: float, input_dtype: Inpu
     clips = [fit_duration(w, seconds) for w in waves]
     if input_dtype == "float32":
         return clips
-    return [np.clip(np.round(c.astype(np.float64) * PCM16_SCALE), -32768, 32767).astype(np.int16) for c in clips]
+    return [pcm16(c) for c in clips]
 
 
 def _json_float(value: float) -> str:

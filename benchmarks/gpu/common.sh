@@ -76,6 +76,7 @@ deploy_options() {
                --queue-delay-us "${QUEUE_DELAY_US:-200}" --profile-every "${PROFILE_EVERY:-0}")
   [ "${GPU_INPUTS:-1}" = 1 ] && DEPLOY_OPTS+=(--gpu-inputs) || DEPLOY_OPTS+=(--host-inputs)
   [ "${CUDA_GRAPHS:-0}" = 1 ] && DEPLOY_OPTS+=(--cuda-graphs)
+  [ "${ONE_HOP:-1}" = 1 ] && DEPLOY_OPTS+=(--one-hop) || DEPLOY_OPTS+=(--bls)
   [ "$SPEED_ONLY" = 1 ] && DEPLOY_OPTS+=(--speed-only)
   local arg
   for arg in ${SERVER_ARGS:-}; do DEPLOY_OPTS+=("--server-arg=$arg"); done

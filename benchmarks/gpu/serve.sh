@@ -31,6 +31,11 @@
 #   MAX_WINDOWS         windows per level before giving up on stability              [8]
 #   PROCESSES           load-generator processes (serve-bench --processes)           [1]
 #   LABEL               title of the results                      [<model folder>, <artifact> (speed only)]
+#   ONE_HOP             1: a fused engine runs inside the `asr` model; 0: by BLS       [1]
+#   PCM16               1: requests carry 16-bit PCM (audio_pcm16) instead of float32 [0]
+#   LONG_DURATIONS      a second serve-bench sweep of long requests (s), comma list   []
+#   LONG_CONCURRENCY    its requests in flight                                       [16]
+#   LONG_WINDOW_S       its measurement window (s)                                   [8]
 #   PERF_ANALYZER       1: after serve-bench, the same sweep with Triton's perf_analyzer   [0]
 #   PERF_ANALYZER_BIN   its binary                     [$ASR_OPTIMIZE_PERF_ANALYZER, PATH, then the venv]
 #   PERF_MODEL          the model perf_analyzer calls                                [asr]
@@ -71,14 +76,26 @@ args=(serve-bench --url "$(cat "$url_file")" --concurrency "${CONCURRENCY:-1,4,1
       --max-windows "${MAX_WINDOWS:-8}" --utterances 16 --label "$label" --out "$OUT/serve-bench")
 [ "$SPEED_ONLY" = 1 ] && args+=(--speed-only)
 [ "${PROCESSES:-1}" = 1 ] || args+=(--processes "$PROCESSES")
+[ "${PCM16:-0}" = 1 ] && args+=(--pcm16)
 echo "+ asr-optimize ${args[*]}"
 "${CLI[@]}" "${args[@]}"
+
+if [ -n "${LONG_DURATIONS:-}" ]; then  # long recordings through the pipeline's long-form path
+  long_args=(serve-bench --url "$(cat "$url_file")" --concurrency "${LONG_CONCURRENCY:-16}" --targets pipeline
+             --durations "$LONG_DURATIONS" --window-s "${LONG_WINDOW_S:-8}" --max-windows "${MAX_WINDOWS:-8}"
+             --utterances 16 --label "$label" --out "$OUT/serve-bench-long")
+  [ "$SPEED_ONLY" = 1 ] && long_args+=(--speed-only)
+  [ "${PCM16:-0}" = 1 ] && long_args+=(--pcm16)
+  echo "+ asr-optimize ${long_args[*]}"
+  "${CLI[@]}" "${long_args[@]}"
+fi
 
 if [ "${PERF_ANALYZER:-0}" = 1 ]; then
   # `make perf-analyzer` installs perf_analyzer 2.51 into the venv; the CLI puts its CUDA runtime on the library path
   pa_args=(perf-analyzer --url "$(cat "$url_file")" --model "${PERF_MODEL:-asr}" --concurrency "${CONCURRENCY:-1,4,16,64}"
            --durations "${DURATIONS:-1,10}" --measurement-interval "${PERF_INTERVAL_MS:-5000}" --label "$label"
            --out "$OUT/perf_analyzer")
+  [ "${PCM16:-0}" = 1 ] && pa_args+=(--input-dtype int16)
   [ -n "${PERF_ANALYZER_BIN:-}" ] && pa_args+=(--binary "$PERF_ANALYZER_BIN")
   echo "+ asr-optimize ${pa_args[*]}"
   "${CLI[@]}" "${pa_args[@]}"

@@ -44,6 +44,8 @@ def common(
                                                     "into the server log (0: off)", min=0)] = 0,
     instance_kind: Annotated[str, typer.Option(help="KIND_GPU, or KIND_CPU for a dry run on a CPU")] = "KIND_GPU",
     speed_only: Annotated[bool, typer.Option(help="open the canary gate (random-weight model)")] = False,
+    one_hop: Annotated[bool, typer.Option("--one-hop/--bls", help="fused engine: run it inside the `asr` model "
+                                          "(one hop) or call the acoustic model by BLS")] = True,
     server_arg: Annotated[list[str] | None, typer.Option(
         help="extra tritonserver argument, repeatable (e.g. --cuda-memory-pool-byte-size=0:1073741824)")] = None,
 ) -> None:
@@ -57,7 +59,7 @@ def common(
         instance_kind=instance_kind, instance_count=instances, intra_op_threads=0, io_binding=True,
         gpu_input_tensors=gpu_inputs, cuda_graphs=cuda_graphs, buckets_s=[1.0, 2.0, 5.0, 10.0, 20.0],
         fused_profile_every=profile_every, pipeline_instance_count=pipeline_instances,
-        pipeline_max_queue_delay_us=100,
+        pipeline_max_queue_delay_us=100, one_hop=one_hop,
     )
     thresholds = (GateThresholds(max_wer_delta=100.0, max_wer=None, max_cer_delta=None, min_identical_fraction=None)
                   if speed_only else GateThresholds())

@@ -113,3 +113,17 @@ def test_cli(served, tmp_path: Path) -> None:
     output = (done.stdout + done.stderr).strip()
     assert done.returncode == 2 and "Traceback" not in output, output[-3000:]
     assert "unknown model: 'not_served'" in output
+
+
+def test_int16_requests(served, tmp_path: Path) -> None:
+    """16-bit PCM through ``audio_pcm16``: perf_analyzer's requests all succeed on the ``asr`` model."""
+    from asr_optimize.loadtest.perf_analyzer import PerfAnalyzerOptions, run_perf_analyzer
+
+    server, canary = served
+    opts = PerfAnalyzerOptions(concurrency=[1], durations_s=[1.0], measurement_interval_ms=1000,
+                               stability_percentage=60, max_trials=8, input_dtype="int16")
+    before = _successes(server, PIPELINE)
+    result = run_perf_analyzer(server.grpc_url, opts, canary.waves[:2], out_dir=tmp_path)
+    [row] = result.rows
+    assert row.stable and row.requests and row.inferences_per_s > 0, row.reason
+    assert _successes(server, PIPELINE) - before >= row.requests
