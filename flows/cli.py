@@ -8,6 +8,7 @@ unexpected error (one line; ``ASR_OPTIMIZE_DEBUG=1`` shows the traceback).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -290,6 +291,16 @@ def _int_list(text: str, flag: str) -> list[int]:
     return values
 
 
+def _triton_endpoint(address: str | None, repository: Path) -> Any:
+    """A context yielding ``address``, or (None) the URL of the bundled tritonserver started on ``repository``. Why
+    here: load tests against a running server must not need the flow's packages (Prefect) on the load host."""
+    if address is not None:
+        return contextlib.nullcontext(address)
+    from tasks.deploy_triton import triton_endpoint
+
+    return triton_endpoint(None, repository)
+
+
 @app.command("serve-bench")
 def serve_bench_command(
     url: Annotated[str | None, typer.Option(help="Triton gRPC endpoint, host:port; default: start the bundled "
@@ -332,7 +343,6 @@ def serve_bench_command(
 
     from asr_optimize.loadtest.loadgen import ServeBenchOptions, demo_audio, serve_bench
     from asr_optimize.triton.endpoint import EndpointError, parse_address
-    from tasks.deploy_triton import triton_endpoint
 
     try:
         address = parse_address(url, "grpc") if url is not None else None
@@ -348,7 +358,7 @@ def serve_bench_command(
     folder = out or get_settings().reports_dir / datetime.now(UTC).strftime("serve-bench-%Y%m%d-%H%M%S")
     repository = (triton_repository or get_settings().triton_repository).resolve()
     try:
-        with triton_endpoint(address, repository) as endpoint:
+        with _triton_endpoint(address, repository) as endpoint:
             result = serve_bench(endpoint, demo_audio(utterances), opts, folder, device=device,
                                  progress=lambda row: console.print(
                                      f"  {row.target:<9} c={row.concurrency:<3} {row.throughput_rps:8.1f} req/s "
@@ -405,7 +415,6 @@ def perf_analyzer_command(
         run_perf_analyzer,
     )
     from asr_optimize.triton.endpoint import EndpointError, parse_address
-    from tasks.deploy_triton import triton_endpoint
 
     try:
         address = parse_address(url, "http" if protocol == "http" else "grpc") if url is not None else None
@@ -427,7 +436,7 @@ def perf_analyzer_command(
     folder = out or get_settings().reports_dir / datetime.now(UTC).strftime("perf-analyzer-%Y%m%d-%H%M%S")
     repository = (triton_repository or get_settings().triton_repository).resolve()
     try:
-        with triton_endpoint(address, repository) as endpoint:
+        with _triton_endpoint(address, repository) as endpoint:
             result = run_perf_analyzer(endpoint, opts, out_dir=folder, device=device, binary=program,
                                        progress=lambda row: console.print(
                                            f"  {row.duration_s:g} s c={row.concurrency:<3} " + (
