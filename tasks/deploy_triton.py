@@ -9,12 +9,13 @@ on loopback for the duration of a ``with`` block.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from asr_optimize.capabilities import Capabilities
 from asr_optimize.errors import AsrOptimizeError
@@ -32,6 +33,13 @@ STAGE = "deploy-triton"
 HEALTH_STAGE = "triton-health"
 
 
+class TritonReplica(Options):
+    """One more Triton server that serves the same models from its own repository."""
+
+    url: str
+    repository: Path
+
+
 class TritonOptions(Options):
     """Where the promoted artifact is served. No URL: the bundled tritonserver is started on loopback."""
 
@@ -46,6 +54,18 @@ class TritonOptions(Options):
     url_serves_fused: bool = False
     """The Triton at ``url`` can serve fused engines: its python backend's environment has torch (CUDA build) and this
     package installed (the stock NGC image has neither). The bundled server always can: its stub uses this venv."""
+    replicas: list[TritonReplica] = Field(default_factory=list)
+    """More servers behind the same traffic, each with its own repository and the same model names. The deploy swaps
+    the artifact into ``url`` first (the canary replica), then into each replica in turn while the others serve, and
+    reverts every replica already promoted if one fails (``asr_optimize.triton.rolling``); each is health-checked.
+    Needs ``url``."""
+
+    @model_validator(mode="after")
+    def _replicas_need_a_url(self) -> TritonOptions:
+        if self.replicas and self.url is None:
+            raise ValueError("triton.replicas needs triton.url: the first replica (the canary) is a running server, "
+                             "not the bundled one")
+        return self
 
 
 def models_in_repository(root: Path) -> list[str]:
@@ -190,6 +210,11 @@ def deploy_stage(promotion: StageResult[PromotionDecision], eval_set: Any, model
     try:
         canary = canary_from_eval_set(eval_set, model.local_dir, limit=opts.canary_utterances)
         with triton_endpoint(opts.url, repository) as url:
+            if opts.replicas:
+                return deploy_replicas([(repository, url)] + [(Path(r.repository).resolve(), r.url)
+                                                              for r in opts.replicas],
+                                       artifact, model.local_dir, canary, swap, opts, decision.candidate or "",
+                                       manifest)
             result, _ = deploy(artifact, model.local_dir, repository, url, canary, swap,
                                source=decision.candidate or "", artifact_manifest=manifest)
             publish_deploy_artifact(result)
@@ -206,6 +231,36 @@ def deploy_stage(promotion: StageResult[PromotionDecision], eval_set: Any, model
         return StageResult(stage=STAGE, status="failed", reason=f"{type(exc).__name__}: {exc}",
                            location=opts.url or str(repository))
     return result
+
+
+def deploy_replicas(replicas: list[tuple[Path, str]], artifact: Path, model_dir: Path, canary: CanarySet,
+                    swap: SwapOptions, opts: TritonOptions, source: str,
+                    manifest: dict[str, Any] | None) -> StageResult:
+    """Rolling swap across ``replicas`` (the first is the canary), then a health check of each; status ok only when
+    every replica was promoted and is healthy. Health per replica is in the metrics and the markdown artifact."""
+    from asr_optimize.triton.rolling import rolling_swap
+
+    start = time.perf_counter()
+    rolled = rolling_swap(replicas, artifact, model_dir, canary, swap, source=source, artifact_manifest=manifest)
+    (get_logger().info if rolled.promoted else get_logger().warning)("%s: %s", STAGE, rolled.summary())
+    failures = []
+    if rolled.promoted:
+        for (root, url), outcome in zip(replicas, rolled.replicas, strict=True):
+            health, report = health_check(url, root, canary.waves, model_name=swap.model_name,
+                                          pipeline_name=swap.pipeline_name, n_requests=opts.health_requests)
+            outcome.health = report.summary()
+            if health.status != "ok":
+                failures.append(f"{url}: {health.reason}")
+    _markdown_artifact("triton-deploy", rolled.markdown(), rolled.summary())
+    ok = rolled.promoted and not failures
+    reason = None if ok else rolled.summary() if not rolled.promoted else "health check failed: " + "; ".join(failures)
+    return StageResult(
+        stage=STAGE, status="ok" if ok else "failed", reason=reason,
+        location=", ".join(f"{url}/v2/models/{swap.pipeline_name}" for _, url in replicas),
+        metrics={"action": "promoted" if rolled.promoted else "rolled_back",
+                 "replicas": [r.model_dump() for r in rolled.replicas]},
+        seconds=round(time.perf_counter() - start, 3), output=rolled,
+    )
 
 
 def publish_deploy_artifact(result: StageResult) -> None:

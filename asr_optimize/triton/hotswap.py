@@ -719,3 +719,49 @@ def _retire(swap: _Swap, decision: SwapDecision, manifest: repo_mod.VersionManif
     _delete_unloaded(swap, decision, drop)
     decision.live_versions = sorted(keep)
     swap.timed("retire", start)
+
+
+def revert_promotion(root: Path, url: str, promoted: SwapDecision, opts: SwapOptions | None = None) -> list[str]:
+    """Undo a promotion that completed: the pipeline names the previous version again, the promoted version leaves
+    the live list and its folder is deleted (a first deployment: both models leave). Used when a rolling swap fails
+    on a later replica. Returns what was done.
+
+    Holds the model's swap lock, and marks the promoted version pending in the journal before changing anything, so
+    a revert that dies mid-way is finished by the next swap's journal repair like any unfinished swap. The pipeline
+    is pointed back and reloaded before the promoted version unloads, so no request lands on a missing version.
+    Raises ``RepositoryError`` when the model no longer serves ``promoted``'s version (another swap came since)."""
+    opts = opts or SwapOptions()
+    check_swap_names(opts.model_name, opts.pipeline_name)
+    root = Path(root)
+    new, previous = promoted.serving_version, promoted.previous_version
+    if not promoted.promoted or new is None:
+        raise RepositoryError(f"{opts.model_name}: nothing to revert ({promoted.summary()})")
+    client = http_client(url, opts.load_timeout_s)
+    with journal.swap_lock(root, opts.model_name, opts.lock_timeout_s):
+        history = journal.current(root, opts.model_name, opts.pipeline_name)
+        if history.serving != new or history.pending is not None:
+            raise RepositoryError(f"{opts.model_name} in {root} serves v{history.serving}, not v{new}: it changed "
+                                  "after the swap; nothing was reverted")
+        keep = sorted(v for v in history.confirmed if v != new)
+        marked = journal.begin(root, history.model_copy(update={"serving": previous, "confirmed": keep}), new)
+        done: list[str] = []
+        if previous is None:
+            for name in (opts.pipeline_name, opts.model_name):
+                _try(lambda n=name: client.unload_model(n))
+            _wait_unloaded(client, opts.model_name, [new])
+            shutil.rmtree(repo_path(root, opts.pipeline_name), ignore_errors=True)
+            shutil.rmtree(repo_path(root, opts.model_name), ignore_errors=True)
+            return [f"v{new} (first deployment) unloaded and removed with {opts.pipeline_name}"]
+        repo_mod.set_serving_version(root, opts.pipeline_name, previous)
+        if err := _try(lambda: client.load_model(opts.pipeline_name)):
+            raise RepositoryError(f"{opts.pipeline_name} did not reload on v{previous} ({err}); the journal marks "
+                                  f"v{new} pending, so the next swap finishes the revert")
+        done.append(f"{opts.pipeline_name} serves v{previous} again")
+        repo_mod.set_live_versions(root, opts.model_name, keep)
+        if err := _try(lambda: client.load_model(opts.model_name)):
+            done.append(f"reloading {opts.model_name} without v{new} failed ({err}); its folder was kept")
+        elif _wait_unloaded(client, opts.model_name, [new]):
+            shutil.rmtree(repo_path(root, opts.model_name, new), ignore_errors=True)
+            done.append(f"v{new} unloaded and removed")
+        journal.settle(root, marked, previous, keep)
+        return done
