@@ -59,3 +59,13 @@ EVAL_SHARD_SIZE = 64
 """Utterances per shard (rounded up to whole batches): each shard loads every backend once, so shards are large."""
 EVAL_DASK_CPU_WORKERS = 2
 """Workers of the temporary LocalCluster on a host without GPUs (one thread each); with GPUs: one per GPU."""
+
+# -- fleets (``asr-optimize fleet``, the ``asr-optimize-fleet/fleet`` deployment) ------------------------------------
+FLEET_DEPLOYMENT = "asr-optimize/prod"
+"""The deployment each (model, GPU type) of a fleet runs."""
+FLEET_MAX_PARALLEL = 4
+"""Children started and not yet finished at any one time (a fleet file's ``max_parallel`` overrides it)."""
+FLEET_TIMEOUT_S = 12 * 3600.0
+"""How long a fleet waits for its children; those still going are reported as not finished (and keep running)."""
+FLEET_POLL_S = 15.0
+"""Seconds between two looks at the children's states."""

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from asr_optimize import __version__
 from asr_optimize.capabilities import Capabilities, detect
 from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.fleet import promotion_lines
 from asr_optimize.paths import DEFAULT_MODEL
 from asr_optimize.quality.eval_sets import calibration_audio
 from asr_optimize.quality.parity import parity_audio
@@ -132,8 +133,8 @@ def asr_optimize_flow(
         "device": dev, "gpu": caps.gpu_name or "none", "tensorrt": caps.tensorrt_version or caps.tensorrt_reason,
         "store": artifact_store.describe(),
     }
-    extra = ["## Promotion", f"- promoted: **{bool(decision and decision.promoted)}**",
-             f"- {decision.reason if decision else promotion.reason}",
+    extra = [*promotion_lines(bool(decision and decision.promoted), (decision.reason if decision else
+                                                                      promotion.reason) or ""),
              f"- evaluation set: {evaluation.output.eval_set if evaluation.output else 'none'}"]
     report = report_task(report_dir, run_info, stages, benchmark.output.frame() if benchmark.output else pd.DataFrame(),
                          profile.file("operators.csv") if profile.usable else None,

@@ -516,6 +516,48 @@ def watch(
 
 
 @app.command()
+def fleet(
+    fleet_file: Annotated[Path, typer.Argument(metavar="FLEET.yaml", help="models x GPU types (see "
+                                                                       "deploy/fleet.example.yaml)")],
+    deployment: Annotated[str | None, typer.Option(help="the deployment each child runs [default: the file's "
+                                                        f"`deployment`, else {defaults.FLEET_DEPLOYMENT}]")] = None,
+    key: Annotated[str | None, typer.Option(help="fleet key: a rerun with the same key reuses completed children "
+                                                 "[default: this fleet run's id]")] = None,
+    timeout_s: Annotated[float, typer.Option(help="how long to wait for the children (s)", min=1)] = (
+        defaults.FLEET_TIMEOUT_S),
+    poll_s: Annotated[float, typer.Option(help="seconds between looks at the children's states", min=0.1)] = (
+        defaults.FLEET_POLL_S),
+    reports: Annotated[Path | None, typer.Option(help="folder for the fleet report [default: reports]")] = None,
+) -> None:
+    """Run the asr-optimize deployment for every model x GPU type of FLEET.yaml on the configured Prefect server
+    (PREFECT_API_URL; the deployment registered, a worker on each GPU type's work queue), in this process."""
+    from prefect.settings import PREFECT_API_URL
+
+    from asr_optimize.fleet import load_fleet_file
+    from flows.fleet import FleetFailed, asr_optimize_fleet, read_deployment
+
+    spec = load_fleet_file(fleet_file)  # a bad file: one line (FleetError), before anything starts
+    if not PREFECT_API_URL.value():
+        raise _fail(EXIT_BAD_INPUT, "a fleet runs children on a Prefect server's workers: set PREFECT_API_URL to it "
+                                    "(e.g. http://prefect:4200/api)")
+    from prefect import get_client
+
+    target = deployment or spec.deployment or defaults.FLEET_DEPLOYMENT
+    with get_client(sync_client=True) as client:
+        read_deployment(client, target)  # a missing deployment: one line, before a fleet run is created
+    _exit_on_sigterm()
+    try:
+        report = asr_optimize_fleet(fleet=str(fleet_file), deployment=target, key=key, timeout_s=timeout_s,
+                                    poll_s=poll_s, reports_dir=str(reports) if reports else None)
+    except FleetFailed as exc:
+        raise _fail(EXIT_STAGE_FAILED, str(exc)) from exc
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(report.counts().items()))
+    console.print(f"[bold green]done[/]: fleet {report.fleet_key}: {counts}")
+    for row in report.rows:
+        console.print(f"  {row.model:<40} {row.gpu_type:<28} {row.outcome:<10} {row.flow_run_name}")
+
+
+@app.command()
 def capabilities() -> None:
     """Print what this machine can run (GPU, ONNX Runtime providers, TensorRT, tritonserver)."""
     from asr_optimize.capabilities import detect

@@ -46,7 +46,7 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
     deployments = {d["name"]: d for d in api(deployed, "/deployments/filter")}
     flows = {f["id"]: f["name"] for f in api(deployed, "/flows/filter")}
     names = {f"{flows[d['flow_id']]}/{name}" for name, d in deployments.items()}
-    assert names == {"asr-optimize/prod", "asr-optimize/dev", "watch-upstream/hourly"}
+    assert names == {"asr-optimize/prod", "asr-optimize/dev", "watch-upstream/hourly", "asr-optimize-fleet/fleet"}
     for name in names:  # `prefect deployment ls` at the end of setup.sh lists them too
         assert name in deployed["setup_log"]
 
@@ -57,6 +57,12 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
     assert prod["parameters"]["device"] == "cuda"
     assert [s["schedule"]["cron"] for s in prod["schedules"]] == ["0 2 * * *"]
     assert [s["schedule"]["cron"] for s in hourly["schedules"]] == ["0 * * * *"]
+    fleet = deployments["fleet"]
+    assert fleet["work_pool_name"] == "cpu-pool"
+    assert [s["schedule"]["cron"] for s in fleet["schedules"]] == ["0 3 * * *"]
+    assert fleet["parameters"]["fleet"] == "deploy/fleet.example.yaml"
+    assert fleet["parameters"]["deployment"] == "asr-optimize/prod"
+    assert (REPO_ROOT / fleet["parameters"]["fleet"]).is_file()
     assert dev["schedules"] == [] and dev["parameters"]["device"] == "cpu"
     pull = dev["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
     assert Path(pull["directory"]) == REPO_ROOT  # the checkout `prefect deploy` ran in
