@@ -164,6 +164,14 @@ class FleetSpec(Options):
     def children(self) -> list[tuple[FleetModel, FleetGpuType]]:
         return [(m, g) for m in self.models for g in self.gpu_types]
 
+    def only(self, models: list[str], revision: str | None = None) -> list[FleetModel]:
+        """The fleet's models named in ``models`` (by hub id or fleet name), at ``revision`` when given. Why: an
+        upstream-revision event names one hub model; the fleet then rebuilds that model on every GPU type, at the
+        revision the event carries, and nothing else."""
+        wanted = set(models)
+        picked = [m for m in self.models if m.model in wanted or m.key in wanted]
+        return [m.model_copy(update={"revision": revision}) if revision else m for m in picked]
+
 
 def validation_message(exc: ValidationError, where: str) -> str:
     """One line naming each bad field (``models.1.revison: Extra inputs are not permitted``)."""

@@ -228,9 +228,17 @@ def asr_optimize_fleet(
     timeout_s: float = defaults.FLEET_TIMEOUT_S,
     poll_s: float = defaults.FLEET_POLL_S,
     reports_dir: str | None = None,  # default: settings (reports)
+    only_models: list[str] | None = None,  # run only these models (hub id or fleet name); an upstream event sets it
+    revision: str | None = None,  # with only_models: the revision to build (the event's)
 ) -> FleetReport:
     """Run the asr-optimize deployment for every (model, GPU type) of a fleet file and report on all of them."""
     spec = load_spec(fleet)
+    if only_models:
+        picked = spec.only(only_models, revision)
+        if not picked:
+            get_logger().info("fleet: %s is not in the fleet; nothing to run", ", ".join(only_models))
+            return FleetReport(fleet_key=key or "", deployment=deployment or spec.deployment or "", rows=[])
+        spec = spec.model_copy(update={"models": picked})
     target = deployment or spec.deployment or defaults.FLEET_DEPLOYMENT
     run_name = current_run.get_name() or datetime.now(UTC).strftime("fleet-%Y%m%d-%H%M%S")
     fleet_key = key or current_run.get_id() or run_name

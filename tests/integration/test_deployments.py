@@ -72,6 +72,10 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
     assert trigger["trigger"]["expect"] == ["asr.model.updated"]
     assert trigger["trigger"]["match"] == {"prefect.resource.id": "huggingface.model.ai4bharat/indicwav2vec-hindi"}
     assert trigger["actions"][0]["parameters"] == {"revision": "{{ event.payload.revision }}"}
+    [on_fleet] = [a for a in automations if a["actions"][0].get("deployment_id") == fleet["id"]]
+    assert on_fleet["enabled"] is False  # prod's own trigger rebuilds its model unless the fleet takes over
+    assert on_fleet["actions"][0]["parameters"] == {"only_models": ["{{ event.payload.model }}"],
+                                                    "revision": "{{ event.payload.revision }}"}
 
     pools = {p["name"]: p["type"] for p in api(deployed, "/work_pools/filter")}
     assert pools["gpu-pool"] == pools["cpu-pool"] == "process"

@@ -165,10 +165,24 @@ def test_a_fleet_runs_every_model_on_every_gpu_queue_and_a_rerun_reuses_complete
     assert [r["attempt"] for r in rows2] == ["1"] * 4 + ["2"] * 2
     assert rows2[0]["promoted"] == "True"  # read back from the reused child's report too
 
+    # what an upstream-revision event starts (the fleet deployment's trigger sets only_models): that model alone,
+    # on every GPU type; a model the fleet does not hold starts nothing
+    before = {r["id"] for r in child_runs(fleet_server)}
+    call = ("import json; from flows.fleet import asr_optimize_fleet; "
+            f"r = asr_optimize_fleet(fleet={str(fleet_file)!r}, key='event-1', reports_dir={str(tmp_path / 'r3')!r}, "
+            "only_models=['tiny-hi', 'someone/else']); print(json.dumps([x.outcome for x in r.rows]))")
+    event = subprocess.run([sys.executable, "-c", call], cwd=tmp_path, env=env_for(fleet_server),
+                           capture_output=True, text=True, timeout=200)
+    assert event.returncode == 0, (event.stdout + event.stderr)[-4000:]
+    assert event.stdout.strip().splitlines()[-1] == '["completed", "completed"]'
+    started_by_event = [r for r in child_runs(fleet_server) if r["id"] not in before]
+    assert sorted((r["parameters"]["model"], r["work_queue_name"]) for r in started_by_event) == [
+        (str(tiny_model), "gpu-a"), (str(tiny_model), "gpu-b")]
+
     # a deployment that does not exist: one line, exit 2, no fleet run
     missing = cli(fleet_server, tmp_path, "fleet", str(fleet_file), "--deployment", "asr-optimize/nope")
     out = " ".join((missing.stdout + missing.stderr).split())
     assert missing.returncode == 2 and "deployment 'asr-optimize/nope' does not exist" in out, out[-2000:]
     assert "Traceback" not in out
-    assert len(api(fleet_server, "/flow_runs/filter", {"flows": {"name": {"any_": ["asr-optimize-fleet"]}}})) == 2
+    assert len(api(fleet_server, "/flow_runs/filter", {"flows": {"name": {"any_": ["asr-optimize-fleet"]}}})) == 3
     print(f"fleet: first run {first_s:.0f} s, rerun {again_s:.0f} s")

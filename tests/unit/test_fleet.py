@@ -193,3 +193,19 @@ def test_the_fleet_command_fails_in_one_line_before_anything_starts(tmp_path: Pa
     assert code == 2 and "models.0.revison: Extra inputs are not permitted" in out and "Traceback" not in out, out
     code, out = fleet(REPO_ROOT / "deploy" / "fleet.example.yaml")
     assert code == 2 and "set PREFECT_API_URL" in out and "Traceback" not in out, out
+
+
+def test_an_upstream_event_selects_one_model_at_its_revision() -> None:
+    """``only_models`` names a hub id (what watch-upstream's event carries) or a fleet name; the revision given
+    replaces the model's own; a model the fleet does not hold selects nothing."""
+    from asr_optimize.fleet import parse_fleet
+
+    spec = parse_fleet({
+        "models": [{"model": "ai4bharat/indicwav2vec-hindi", "revision": "main"},
+                   {"model": "ai4bharat/indicwav2vec_v1_bengali", "name": "bn",
+                    "triton": {"model_name": "am_bn", "pipeline_name": "asr_bn"}}],
+        "gpu_types": [{"name": "nvidia-h200-sm90", "work_queue": "h200"}]})
+    [hindi] = spec.only(["ai4bharat/indicwav2vec-hindi"], "abc123")
+    assert hindi.revision == "abc123" and spec.models[0].revision == "main"
+    assert [m.key for m in spec.only(["bn"])] == ["bn"] and spec.only(["bn"])[0].revision == "latest"
+    assert spec.only(["someone/else"], "abc123") == []
