@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from asr_optimize import defaults
 from asr_optimize.errors import AsrOptimizeError
+from asr_optimize.fileio import atomic_write_text
 from asr_optimize.options import Options
 from asr_optimize.store.local import production_pointer, slugify_model
 from asr_optimize.triton.names import TritonModelName
@@ -321,10 +322,11 @@ class FleetReport(BaseModel):
         return buffer.getvalue()
 
     def write(self, folder: Path) -> list[Path]:
+        """``fleet.md`` and ``fleet.csv``, each written atomically (a reader never sees half a report)."""
         folder.mkdir(parents=True, exist_ok=True)
         written = [folder / "fleet.md", folder / "fleet.csv"]
-        written[0].write_text(self.markdown(), encoding="utf-8")
-        written[1].write_text(self.csv(), encoding="utf-8")
+        atomic_write_text(written[0], self.markdown())
+        atomic_write_text(written[1], self.csv())
         return written
 
 
