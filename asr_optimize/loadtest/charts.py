@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from pathlib import Path
 from typing import Any
+
+from asr_optimize.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -35,3 +39,17 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[tuple[str, str]]) -
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(k)) for k, _ in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def write_tables(out_dir: Path, name: str, rows: list[dict[str, Any]], markdown: str, json_text: str) -> list[str]:
+    """``<name>.csv`` (``rows``), ``<name>.md`` and ``<name>.json`` under ``out_dir``, each written atomically, so a
+    reader never sees half a results file; returns the file names."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["label"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out_dir / f"{name}.csv", buffer.getvalue())
+    atomic_write_text(out_dir / f"{name}.md", markdown + "\n")
+    atomic_write_text(out_dir / f"{name}.json", json_text)
+    return [f"{name}.csv", f"{name}.md", f"{name}.json"]

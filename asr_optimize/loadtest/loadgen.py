@@ -25,7 +25,6 @@ their records to this one, which keeps the windows and the statistics.
 from __future__ import annotations
 
 import asyncio
-import csv
 import multiprocessing
 import queue
 import statistics
@@ -40,7 +39,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from asr_optimize import defaults
-from asr_optimize.loadtest.charts import markdown_table, save_chart
+from asr_optimize.loadtest.charts import markdown_table, save_chart, write_tables
 from asr_optimize.model.io_spec import SAMPLE_RATE, WAV2VEC2_CTC
 from asr_optimize.options import Options
 from asr_optimize.triton.endpoint import grpc_address, grpc_client
@@ -136,15 +135,6 @@ class ServeBenchResult(BaseModel):
         return [{"label": self.label, "speed_only": self.speed_only, "device": self.device,
                  **r.model_dump(exclude={"errors"}), "errors": "; ".join(r.errors)} for r in self.rows]
 
-    def to_csv(self, path: Path) -> Path:
-        rows = self.table_rows()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label"])
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
-
     def markdown(self) -> str:
         title = f"## Triton serving benchmark{': ' + self.label if self.label else ''}"
         notes = [f"Endpoint `{self.url}`" + (f" on {self.device}" if self.device else "") + "; concurrency mode "
@@ -192,11 +182,8 @@ class ServeBenchResult(BaseModel):
 
     def write(self, out_dir: Path, name: str = "serve_bench") -> list[str]:
         """CSV, markdown, JSON and charts under ``out_dir``; returns the file names."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.to_csv(out_dir / f"{name}.csv")
-        (out_dir / f"{name}.md").write_text(self.markdown() + "\n", encoding="utf-8")
-        (out_dir / f"{name}.json").write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        return [f"{name}.csv", f"{name}.md", f"{name}.json", *self.charts(out_dir, name)]
+        files = write_tables(out_dir, name, self.table_rows(), self.markdown(), self.model_dump_json(indent=1))
+        return [*files, *self.charts(out_dir, name)]
 
 
 # ---------------------------------------------------------------- audio

@@ -38,7 +38,7 @@ from pydantic import BaseModel, Field
 
 from asr_optimize import defaults
 from asr_optimize.errors import AsrOptimizeError
-from asr_optimize.loadtest.charts import markdown_table
+from asr_optimize.loadtest.charts import markdown_table, write_tables
 from asr_optimize.loadtest.loadgen import demo_audio, fit_duration, pcm16
 from asr_optimize.model.io_spec import SAMPLE_RATE
 from asr_optimize.options import Options
@@ -143,15 +143,6 @@ class PerfAnalyzerResult(BaseModel):
         return [{"label": self.label, "device": self.device, "input_dtype": self.options.input_dtype,
                  "protocol": self.options.protocol, **r.model_dump()} for r in self.rows]
 
-    def to_csv(self, path: Path) -> Path:
-        rows = self.table_rows()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["label"])
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
-
     def markdown(self) -> str:
         opts = self.options
         title = f"## Triton perf_analyzer{': ' + self.label if self.label else ''}"
@@ -171,11 +162,7 @@ class PerfAnalyzerResult(BaseModel):
 
     def write(self, out_dir: Path, name: str = "perf_analyzer") -> list[str]:
         """CSV, markdown and JSON under ``out_dir``; returns the file names."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.to_csv(out_dir / f"{name}.csv")
-        (out_dir / f"{name}.md").write_text(self.markdown() + "\n", encoding="utf-8")
-        (out_dir / f"{name}.json").write_text(self.model_dump_json(indent=1), encoding="utf-8")
-        return [f"{name}.csv", f"{name}.md", f"{name}.json"]
+        return write_tables(out_dir, name, self.table_rows(), self.markdown(), self.model_dump_json(indent=1))
 
 
 # ---------------------------------------------------------------- the binary
