@@ -328,9 +328,14 @@ def parse_csv(text: str, model: str, duration_s: float, stdout: str = "") -> lis
     return rows
 
 
+UNSTABLE_MARKS = ("Failed to obtain stable measurement", "No valid requests recorded")
+"""perf_analyzer's words for a level it could not measure: no 3 agreeing windows, or a window in which no request
+finished (requests longer than ``--measurement-interval`` on a busy host)."""
+
+
 def unstable_reason(output: str) -> str | None:
-    """perf_analyzer's own words when it gave up on a stable measurement, else None."""
-    lines = [line.strip() for line in output.splitlines() if "Failed to obtain stable measurement" in line]
+    """perf_analyzer's own words when it gave up on measuring a level (``UNSTABLE_MARKS``), else None."""
+    lines = [line.strip() for line in output.splitlines() if any(mark in line for mark in UNSTABLE_MARKS)]
     if not lines:
         return None
     return max(lines, key=len)  # "... within N measurement windows for concurrency C. Please try to increase ..."

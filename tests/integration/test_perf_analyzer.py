@@ -82,13 +82,16 @@ def test_an_unstable_level_is_recorded_and_the_sweep_goes_on(served) -> None:
     from asr_optimize.loadtest.perf_analyzer import PerfAnalyzerOptions, run_perf_analyzer
 
     server, canary = served
-    opts = PerfAnalyzerOptions(concurrency=[1, 2], durations_s=[1.0], measurement_interval_ms=200,
+    opts = PerfAnalyzerOptions(concurrency=[1, 2], durations_s=[1.0], measurement_interval_ms=1500,
                                stability_percentage=1, max_trials=2)
     result = run_perf_analyzer(server.grpc_url, opts, canary.waves[:2])
     assert [r.concurrency for r in result.rows] == [1, 2]
     for row in result.rows:
         assert not row.stable and row.inferences_per_s is None
-        assert "Failed to obtain stable measurement within 2 measurement windows" in row.reason
+        # perf_analyzer's own words: no 3 agreeing windows in 2 (or, on a host too busy to answer within a window,
+        # no valid request in one)
+        assert "Failed to obtain stable measurement within 2 measurement windows" in row.reason \
+            or "No valid requests recorded" in row.reason, row.reason
     assert len(result.unstable) == 2 and "Unstable levels: 2" in result.markdown()
 
 

@@ -110,6 +110,10 @@ def test_unstable_reason_from_real_output() -> None:
     assert reason is not None and reason.startswith("Failed to obtain stable measurement within 3 measurement windows")
     assert "concurrency 2" in reason
     assert pa.unstable_reason((DATA / "asr-1s-c1-2.log").read_text()) is None
+    # perf_analyzer's InferenceProfiler::SummarizeLatency error when no request finished inside a window
+    busy = "Request concurrency: 2\nFailed to retrieve results from inference request.\n" \
+           "No valid requests recorded within time interval. Please use a larger time window.\n"
+    assert pa.unstable_reason(busy) == busy.splitlines()[-1]
 
 
 def test_missing_binary_says_how_to_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
