@@ -94,7 +94,7 @@ def rolling_swap(
             if decision.promoted:
                 promoted.append((index, Path(root), url, decision))
                 continue
-        for _, later_root, later_url in ((i, *r) for i, r in enumerate(replicas) if i > index):
+        for later_root, later_url in replicas[index + 1 :]:
             result.replicas.append(ReplicaOutcome(url=later_url, repository=str(later_root), action="not_started"))
         _revert_all(result, promoted, opts)
         break
