@@ -8,13 +8,11 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.assets import REPO_ROOT
-from tests.support.servers import VENV_BIN, prefect_server, stop_process
+from tests.support.servers import VENV_BIN, prefect_api, prefect_server, stop_process
 
 STAGE_TASKS = {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "fused-engines",
                "benchmark", "load-eval-set", "evaluate", "promote", "deploy-triton", "report"}
@@ -26,10 +24,6 @@ def client_env(server: dict[str, str]) -> dict[str, str]:
             "PYTHON": str(VENV_BIN / "python"), "PREFECT": str(VENV_BIN / "prefect")}
 
 
-def api(server: dict[str, str], path: str, body: dict | None = None) -> Any:
-    response = httpx.post(server["PREFECT_API_URL"] + path, json=body or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +37,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 
 def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str]) -> None:
-    deployments = {d["name"]: d for d in api(deployed, "/deployments/filter")}
-    flows = {f["id"]: f["name"] for f in api(deployed, "/flows/filter")}
+    deployments = {d["name"]: d for d in prefect_api(deployed, "/deployments/filter")}
+    flows = {f["id"]: f["name"] for f in prefect_api(deployed, "/flows/filter")}
     names = {f"{flows[d['flow_id']]}/{name}" for name, d in deployments.items()}
     assert names == {"asr-optimize/prod", "asr-optimize/dev", "watch-upstream/hourly", "asr-optimize-fleet/fleet"}
     for name in names:  # `prefect deployment ls` at the end of setup.sh lists them too
@@ -67,7 +61,7 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
     pull = dev["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
     assert Path(pull["directory"]) == REPO_ROOT  # the checkout `prefect deploy` ran in
 
-    automations = api(deployed, "/automations/filter")
+    automations = prefect_api(deployed, "/automations/filter")
     [trigger] = [a for a in automations if a["actions"][0].get("deployment_id") == prod["id"]]
     assert trigger["trigger"]["expect"] == ["asr.model.updated"]
     assert trigger["trigger"]["match"] == {"prefect.resource.id": "huggingface.model.ai4bharat/indicwav2vec-hindi"}
@@ -77,19 +71,19 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
     assert on_fleet["actions"][0]["parameters"] == {"only_models": ["{{ event.payload.model }}"],
                                                     "revision": "{{ event.payload.revision }}"}
 
-    pools = {p["name"]: p["type"] for p in api(deployed, "/work_pools/filter")}
+    pools = {p["name"]: p["type"] for p in prefect_api(deployed, "/work_pools/filter")}
     assert pools["gpu-pool"] == pools["cpu-pool"] == "process"
-    limits = {c["tag"]: c["concurrency_limit"] for c in api(deployed, "/concurrency_limits/filter")}
+    limits = {c["tag"]: c["concurrency_limit"] for c in prefect_api(deployed, "/concurrency_limits/filter")}
     assert limits == {"gpu": 1}
     if (REPO_ROOT / "deploy" / "register_blocks.py").is_file():
-        blocks = {b["name"] for b in api(deployed, "/block_documents/filter")}
+        blocks = {b["name"] for b in prefect_api(deployed, "/block_documents/filter")}
         assert "asr-optimize-store" in blocks
 
     # running it again changes nothing and does not fail
     again = subprocess.run(["bash", "deploy/setup.sh"], cwd=REPO_ROOT, env={**client_env(deployed), "DEPLOY": "0"},
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert {c["tag"]: c["concurrency_limit"] for c in api(deployed, "/concurrency_limits/filter")} == {"gpu": 1}
+    assert {c["tag"]: c["concurrency_limit"] for c in prefect_api(deployed, "/concurrency_limits/filter")} == {"gpu": 1}
 
 
 def test_dev_deployment_completes_every_stage_on_a_process_worker(
@@ -103,8 +97,8 @@ def test_dev_deployment_completes_every_stage_on_a_process_worker(
     run = subprocess.run([str(VENV_BIN / "prefect"), "deployment", "run", "asr-optimize/dev", "--params",
                           json.dumps(params)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
-    [dev] = api(deployed, "/deployments/filter", {"deployments": {"name": {"any_": ["dev"]}}})
-    [flow_run] = api(deployed, "/flow_runs/filter", {"deployments": {"id": {"any_": [dev["id"]]}}})
+    [dev] = prefect_api(deployed, "/deployments/filter", {"deployments": {"name": {"any_": ["dev"]}}})
+    [flow_run] = prefect_api(deployed, "/flow_runs/filter", {"deployments": {"id": {"any_": [dev["id"]]}}})
     assert flow_run["state_type"] == "SCHEDULED"
 
     worker_log = tmp_path / "worker.log"
@@ -120,22 +114,21 @@ def test_dev_deployment_completes_every_stage_on_a_process_worker(
         state = flow_run["state_type"]
         while time.monotonic() < deadline and state not in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
             time.sleep(3)
-            state = httpx.get(f"{deployed['PREFECT_API_URL']}/flow_runs/{flow_run['id']}", timeout=30).json()[
-                "state_type"]
+            state = prefect_api(deployed, f"/flow_runs/{flow_run['id']}", method="GET")["state_type"]
     finally:
         stop_process(worker, timeout=30)
     log = worker_log.read_text()
     assert state == "COMPLETED", log[-6000:]
 
-    tasks = api(deployed, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+    tasks = prefect_api(deployed, "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
     names = {t["name"].rsplit("-", 1)[0] for t in tasks}
     assert names >= STAGE_TASKS, names
     assert all(t["state_type"] == "COMPLETED" for t in tasks), [(t["name"], t["state_type"]) for t in tasks]
-    artifacts = {a["key"] for a in api(deployed, "/artifacts/filter",
+    artifacts = {a["key"] for a in prefect_api(deployed, "/artifacts/filter",
                                        {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})}
     assert {"asr-optimize-report", "asr-optimize-stages", "asr-optimize-benchmarks"} <= artifacts
     assert list((tmp_path / "store").glob("artifacts/**/manifest.json"))
     assert len(list((tmp_path / "reports").glob("*/report.md"))) == 1
     # the parameters went through the deployment unchanged
-    stored = httpx.get(f"{deployed['PREFECT_API_URL']}/flow_runs/{flow_run['id']}", timeout=30).json()
+    stored = prefect_api(deployed, f"/flow_runs/{flow_run['id']}", method="GET")
     assert stored["parameters"]["model"] == str(tiny_model) and stored["deployment_id"]

@@ -18,12 +18,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import yaml
 
 from tests.support.assets import DEMO_MODEL, REPO_ROOT
-from tests.support.servers import VENV_BIN, prefect_server, stop_process
+from tests.support.servers import VENV_BIN, prefect_api, prefect_server, stop_process
 
 CHILD = "asr-optimize-fleet-child/stand-in"
 QUEUES = {"gpu-a-sm90": "gpu-a", "gpu-b-sm80": "gpu-b"}
@@ -33,10 +32,6 @@ def env_for(server: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **server, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "COLUMNS": "400"}
 
 
-def api(server: dict[str, str], path: str, body: dict | None = None) -> Any:
-    response = httpx.post(server["PREFECT_API_URL"] + path, json=body or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
 
 
 def cli(server: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -51,9 +46,9 @@ def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
     home = tmp_path_factory.mktemp("fleet-prefect")
     with prefect_server(home) as server:
         env = env_for(server)
-        api(server, "/work_pools/", {"name": "gpu-pool", "type": "process"})
+        prefect_api(server, "/work_pools/", {"name": "gpu-pool", "type": "process"})
         for queue in QUEUES.values():
-            api(server, "/work_pools/gpu-pool/queues", {"name": queue})
+            prefect_api(server, "/work_pools/gpu-pool/queues", {"name": queue})
         project = {
             "name": "fleet-test", "prefect-version": "3.9.1",
             "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO_ROOT)}}],
@@ -81,8 +76,8 @@ def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
 
 
 def child_runs(server: dict[str, str]) -> list[dict[str, Any]]:
-    [deployment] = api(server, "/deployments/filter", {"deployments": {"name": {"any_": ["stand-in"]}}})
-    return api(server, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+    [deployment] = prefect_api(server, "/deployments/filter", {"deployments": {"name": {"any_": ["stand-in"]}}})
+    return prefect_api(server, "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
 
 
 def read_report(reports: Path) -> tuple[str, list[dict[str, str]]]:
@@ -145,9 +140,10 @@ def test_a_fleet_runs_every_model_on_every_gpu_queue_and_a_rerun_reuses_complete
         assert "UnsupportedModelError" in row["message"] and "is not a supported CTC model" in row["message"], row
     assert "## Not completed" in markdown and "**broken-ta** on gpu-a-sm90: failed" in markdown
 
-    [fleet_run] = api(fleet_server, "/flow_runs/filter", {"flows": {"name": {"any_": ["asr-optimize-fleet"]}}})
+    [fleet_run] = prefect_api(fleet_server, "/flow_runs/filter", {"flows": {"name": {"any_": ["asr-optimize-fleet"]}}})
     assert fleet_run["state_type"] == "FAILED"
-    artifacts = api(fleet_server, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [fleet_run["id"]]}}})
+    artifacts = prefect_api(fleet_server, "/artifacts/filter",
+                            {"artifacts": {"flow_run_id": {"any_": [fleet_run["id"]]}}})
     [artifact] = [a for a in artifacts if a["key"] == "asr-optimize-fleet"]
     assert artifact["data"] == markdown
 
@@ -184,5 +180,6 @@ def test_a_fleet_runs_every_model_on_every_gpu_queue_and_a_rerun_reuses_complete
     out = " ".join((missing.stdout + missing.stderr).split())
     assert missing.returncode == 2 and "deployment 'asr-optimize/nope' does not exist" in out, out[-2000:]
     assert "Traceback" not in out
-    assert len(api(fleet_server, "/flow_runs/filter", {"flows": {"name": {"any_": ["asr-optimize-fleet"]}}})) == 3
+    fleet_runs = prefect_api(fleet_server, "/flow_runs/filter", {"flows": {"name": {"any_": ["asr-optimize-fleet"]}}})
+    assert len(fleet_runs) == 3
     print(f"fleet: first run {first_s:.0f} s, rerun {again_s:.0f} s")

@@ -7,10 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.support.servers import prefect_server
+from tests.support.servers import prefect_api, prefect_server
 
 CLI = str(Path(sys.executable).parent / "asr-optimize")
 
@@ -29,26 +28,22 @@ def _run_flow(env: dict[str, str], model: Path, store: Path, reports: Path) -> s
     )
 
 
-def _api(env: dict[str, str], path: str, body: dict) -> list[dict]:
-    response = httpx.post(env["PREFECT_API_URL"] + path, json=body, timeout=30)
-    response.raise_for_status()
-    return response.json()
 
 
 def test_flow_runs_end_to_end_and_reuses_cache(server: dict[str, str], tiny_model: Path, tmp_path: Path) -> None:
     store, reports = tmp_path / "store", tmp_path / "reports"
-    earlier = {r["id"] for r in _api(server, "/flow_runs/filter", {})}  # other tests' runs on this server
+    earlier = {r["id"] for r in prefect_api(server, "/flow_runs/filter", {})}  # other tests' runs on this server
     first = _run_flow(server, tiny_model, store, reports)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
-    runs = [r for r in _api(server, "/flow_runs/filter", {"sort": "START_TIME_DESC"}) if r["id"] not in earlier]
+    runs = [r for r in prefect_api(server, "/flow_runs/filter", {"sort": "START_TIME_DESC"}) if r["id"] not in earlier]
     assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED"
-    tasks = _api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
+    tasks = prefect_api(server, "/task_runs/filter", {"flow_runs": {"id": {"any_": [runs[0]["id"]]}}})
     names = {t["name"].rsplit("-", 1)[0] for t in tasks}
     assert {"resolve-model", "profile", "export-onnx", "optimize-onnx", "tensorrt-engines", "fused-engines",
             "benchmark", "load-eval-set", "evaluate", "promote", "deploy-triton", "report"} <= names
     assert all(t["state_type"] == "COMPLETED" for t in tasks)
-    artifacts = {a["key"] for a in _api(server, "/artifacts/filter",
+    artifacts = {a["key"] for a in prefect_api(server, "/artifacts/filter",
                                         {"artifacts": {"flow_run_id": {"any_": [runs[0]["id"]]}}})}
     assert {"asr-optimize-report", "asr-optimize-benchmarks", "asr-optimize-stages"} <= artifacts
 

@@ -13,11 +13,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.capabilities import chromium_path
-from tests.support.servers import prefect_server
+from tests.support.servers import prefect_api, prefect_server
 
 pytestmark = pytest.mark.requires("chromium")
 CHROMIUM = chromium_path()
@@ -38,7 +37,7 @@ def completed_run(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) ->
             env={**os.environ, **server}, capture_output=True, text=True, timeout=600,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        runs = httpx.post(server["PREFECT_API_URL"] + "/flow_runs/filter", json={}, timeout=30).json()
+        runs = prefect_api(server, "/flow_runs/filter")
         assert len(runs) == 1 and runs[0]["state_type"] == "COMPLETED"
         yield {**server, "run_id": runs[0]["id"], "run_name": runs[0]["name"],
                "ui": server["PREFECT_API_URL"].removesuffix("/api")}

@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.support.assets import REPO_ROOT
 from tests.support.hf_endpoint import FakeHub, fake_hub
-from tests.support.servers import VENV_BIN, prefect_server
+from tests.support.servers import VENV_BIN, prefect_api, prefect_server
 
 MODEL = "ai4bharat/indicwav2vec-hindi"
 SHA_1, SHA_2 = "1" * 40, "2" * 40
@@ -73,10 +72,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         yield env
 
 
-def api(server: dict[str, str], path: str, body: dict | None = None) -> Any:
-    response = httpx.post(server["PREFECT_API_URL"] + path, json=body or {}, timeout=30)
-    response.raise_for_status()
-    return response.json()
 
 
 def watch(server: dict[str, str], hub: FakeHub, store: Path, model: str = MODEL) -> subprocess.CompletedProcess:
@@ -94,8 +89,8 @@ def watch_ok(server: dict[str, str], hub: FakeHub, store: Path) -> dict[str, Any
 
 
 def prod_runs(server: dict[str, str]) -> list[dict[str, Any]]:
-    [prod] = api(server, "/deployments/filter", {"deployments": {"name": {"any_": ["prod"]}}})
-    runs = api(server, "/flow_runs/filter", {"deployments": {"id": {"any_": [prod["id"]]}}})
+    [prod] = prefect_api(server, "/deployments/filter", {"deployments": {"name": {"any_": ["prod"]}}})
+    runs = prefect_api(server, "/flow_runs/filter", {"deployments": {"id": {"any_": [prod["id"]]}}})
     return [r for r in runs if r["auto_scheduled"] is False]  # not the nightly cron's runs
 
 
@@ -109,7 +104,7 @@ def wait_for_runs(server: dict[str, str], count: int, timeout: float = 90) -> li
 
 
 def events(server: dict[str, str]) -> list[dict[str, Any]]:
-    page = api(server, "/events/filter", {"filter": {"event": {"name": ["asr.model.updated"]}}, "limit": 50})
+    page = prefect_api(server, "/events/filter", {"filter": {"event": {"name": ["asr.model.updated"]}}, "limit": 50})
     return page["events"]
 
 

@@ -10,10 +10,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 VENV_BIN = Path(sys.executable).parent
+
+# The codes Prefect's own client retries: the server answers 503 when its database is busy (SQLite locked on a
+# loaded host), which says "try again", not "your request is wrong".
+RETRYABLE_STATUS = {429, 502, 503}
 
 
 def free_port() -> int:
@@ -73,3 +78,16 @@ def prefect_server(home: Path) -> Iterator[dict[str, str]]:
         yield {"PREFECT_API_URL": api, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     finally:
         stop_process(proc)
+
+
+def prefect_api(server: dict[str, str], path: str, body: dict | None = None, method: str = "POST") -> Any:
+    """Call the Prefect REST API the way Prefect's client does: retry the codes the server marks as retryable, a few
+    times with backoff; any other error fails the test at once."""
+    for attempt in range(6):
+        response = httpx.request(method, server["PREFECT_API_URL"] + path,
+                                 json=body if method != "GET" else None, timeout=30)
+        if response.status_code not in RETRYABLE_STATUS or attempt == 5:
+            break
+        time.sleep(0.5 * 2 ** attempt)
+    response.raise_for_status()
+    return response.json()
