@@ -71,8 +71,19 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
     assert on_fleet["actions"][0]["parameters"] == {"only_models": ["{{ event.payload.model }}"],
                                                     "revision": "{{ event.payload.revision }}"}
 
+    # a run whose heartbeats stopped (worker or machine gone) is marked Crashed instead of staying Running
+    [zombies] = [a for a in automations if a["name"] == "asr-optimize-crash-unresponsive-flow-runs"]
+    assert zombies["trigger"]["posture"] == "Proactive" and zombies["trigger"]["within"] == 600
+    assert zombies["trigger"]["after"] == ["prefect.flow-run.heartbeat"]
+    assert zombies["actions"] == [{"type": "change-flow-run-state", "name": None, "state": "CRASHED",
+                                   "message": zombies["actions"][0]["message"], "force": False}]
+
     pools = {p["name"]: p["type"] for p in prefect_api(deployed, "/work_pools/filter")}
     assert pools["gpu-pool"] == pools["cpu-pool"] == "process"
+    # one prod run at a time per GPU queue (not per deployment: a fleet's GPU types build in parallel)
+    assert prod.get("concurrency_limit") is None
+    queues = prefect_api(deployed, "/work_pools/gpu-pool/queues/filter")
+    assert {q["name"]: q["concurrency_limit"] for q in queues} == {"default": 1}
     limits = {c["tag"]: c["concurrency_limit"] for c in prefect_api(deployed, "/concurrency_limits/filter")}
     assert limits == {"gpu": 1}
     if (REPO_ROOT / "deploy" / "register_blocks.py").is_file():
@@ -84,6 +95,9 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert {c["tag"]: c["concurrency_limit"] for c in prefect_api(deployed, "/concurrency_limits/filter")} == {"gpu": 1}
+    assert "automation asr-optimize-crash-unresponsive-flow-runs exists" in again.stdout
+    names = [a["name"] for a in prefect_api(deployed, "/automations/filter")]
+    assert names.count("asr-optimize-crash-unresponsive-flow-runs") == 1
 
 
 def test_dev_deployment_completes_every_stage_on_a_process_worker(

@@ -1,13 +1,15 @@
 """Rolling hot swaps across three real bundled tritonservers (``asr_optimize.triton.rolling``).
 
 What this proves: a new artifact goes to every replica in turn under steady load on all three with zero failed
-requests; when a later replica fails (its server is gone), the replica already promoted goes back to its previous
-version, the replica not reached keeps its version, and requests keep succeeding throughout.
+requests; when a later replica fails (its canary refuses the new version, or its server is gone), the replica already
+promoted goes back to its previous version, the replica not reached keeps its version, and requests keep succeeding
+throughout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 from pathlib import Path
 
 import pytest
@@ -60,21 +62,44 @@ def test_rolling_swap_across_three_replicas(demo_onnx: Path, tmp_path: Path) -> 
             assert set(loop.outcomes) == {canary.reference_transcripts[0]}
         assert "promoted on all 3 replicas (v2, v2, v2)" in second.markdown()
 
-        # replica 2's server is gone: replica 1 (already promoted to v3) goes back to v2, replica 3 is not touched
+        # replica 2's canary fails for real: its pipeline decodes with a drifted blank id, the word delimiter's (as a
+        # hand-edited or stale ctc.json would have; the vocabulary itself is checked before a swap), so v3's canary
+        # transcripts lose their spaces and differ from the reference.
+        # Replica 1 (already promoted to v3) goes back to v2; replica 3 is not touched.
+        drifted = servers[1].repository / PIPELINE / "1" / "ctc.json"
+        good_ctc = drifted.read_text(encoding="utf-8")
+        ctc = json.loads(good_ctc)
+        ctc["blank_id"] = ctc["tokens"].index(ctc["word_delimiter"])
+        drifted.write_text(json.dumps(ctc), encoding="utf-8")
+        from asr_optimize.triton.endpoint import http_client
+
+        http_client(servers[1].http_url).load_model(PIPELINE)
+        with ClientLoop(servers[0].http_url, PIPELINE, canary.waves[0]) as loop:
+            refused = rolling_swap(replicas, demo_onnx, DEMO_MODEL, canary, opts, source="onnx:test")
+        assert not refused.promoted
+        assert [r.action for r in refused.replicas] == ["reverted", "rolled_back", "not_started"], refused.markdown()
+        assert "canary" in refused.replicas[1].detail and refused.replicas[1].serving_version == 2
+        assert [r.serving_version for r in refused.replicas[:2]] == [2, 2]
+        assert "v3 unloaded and removed" in refused.replicas[0].detail
+        assert loop.errors == [] and set(loop.outcomes) == {canary.reference_transcripts[0]}
+        assert [_serving(s.repository) for s in servers] == [2, 2, 2]
+        assert repo_mod.version_dirs(servers[2].repository, MODEL) == [1, 2]
+        drifted.write_text(good_ctc, encoding="utf-8")
+
+        # replica 2's server is gone: replica 1 (already promoted again) goes back to v2, replica 3 is not touched
         servers[1].stop()
         with ClientLoop(servers[0].http_url, PIPELINE, canary.waves[0]) as loop:
             third = rolling_swap(replicas, demo_onnx, DEMO_MODEL, canary, opts, source="onnx:test")
         assert not third.promoted
         assert [r.action for r in third.replicas] == ["reverted", "failed", "not_started"], third.markdown()
         assert "TritonUnavailable" in third.replicas[1].detail
-        assert third.replicas[0].serving_version == 2 and "v3 unloaded and removed" in third.replicas[0].detail
+        assert third.replicas[0].serving_version == 2 and "unloaded and removed" in third.replicas[0].detail
         assert "replica 2" in third.summary() and "1 replica(s) reverted" in third.summary()
         assert loop.errors == [] and set(loop.outcomes) == {canary.reference_transcripts[0]}
         assert _serving(servers[0].repository) == 2 and repo_mod.serving_version(servers[0].repository, PIPELINE) == 2
         assert repo_mod.version_dirs(servers[0].repository, MODEL) == [2]  # v1 was retired when v3 was promoted
         assert repo_mod.version_dirs(servers[2].repository, MODEL) == [1, 2] and _serving(servers[2].repository) == 2
         # the reverted replica still answers through its pipeline, on v2
-        from asr_optimize.triton.endpoint import http_client
         from asr_optimize.triton.hotswap import pipeline_transcribe
 
         assert pipeline_transcribe(http_client(servers[0].http_url), PIPELINE, canary.waves[:1]) == \

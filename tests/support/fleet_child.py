@@ -5,11 +5,16 @@ integration test deploys this flow instead: it takes the same parameters as the 
 the pipeline's first stage (``resolve-model``: pins the model and refuses a non-CTC one, as prod would), and writes
 its ``asr-optimize-report`` artifact with the Promotion section the fleet report reads back (``promotion_lines``).
 It runs on a real process worker like the real child; the fleet flow under test is the product's.
+
+``options["stand_in_hold"]`` (a folder; the test's only switch): while ``<folder>/hold-<worker GPU>`` exists, the run
+writes its process id to ``<folder>/pid-<worker GPU>`` and waits, so the test can kill its worker mid-run.
 """
 
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -32,6 +37,12 @@ def fleet_child_flow(
 ) -> dict[str, Any]:
     resolved = resolve_task(model, revision)
     gpu = os.environ.get("FLEET_TEST_GPU", "none")  # set by the GPU type's job variables
+    if hold := (options or {}).get("stand_in_hold"):
+        flag = Path(hold) / f"hold-{gpu}"
+        if flag.exists():
+            (Path(hold) / f"pid-{gpu}").write_text(str(os.getpid()))
+            while flag.exists():
+                time.sleep(0.5)
     reason = f"stand-in promoted {resolved.revision} (worker GPU {gpu})"
     create_markdown_artifact(key="asr-optimize-report", markdown="\n".join(
         ["# stand-in report", *promotion_lines(True, reason), f"- options: {options}"]))
