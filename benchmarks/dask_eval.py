@@ -100,8 +100,8 @@ def main() -> None:
     reference: tuple[dict, bytes] | None = None  # the first run's result: every other run must equal it
     runs = ([0] if args.reference else []) + args.workers
     for n in runs:
-        dask = DaskOptions(enabled=True, n_workers=n, torch_threads=args.threads, shard_size=args.shard_size)
-        run_opts = opts.model_copy(update={"dask": dask}) if n else opts
+        run_opts = opts.model_copy(update={"dask": DaskOptions(
+            enabled=True, n_workers=n, torch_threads=args.threads, shard_size=args.shard_size)}) if n else opts
         folder = args.out / (f"dask-{n}-workers" if n else "one-process")
         began = time.perf_counter()
         result = evaluate_backends(specs, eval_set, DEMO_MODEL_DIR, run_opts, folder)
