@@ -46,7 +46,7 @@ demo: $(VENV)/.installed
 
 ## test: install, then run the test suite (fast + integration tests against real servers)
 test: $(VENV)/.installed $(PERF_ANALYZER)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=20
 
 ## test-fast: the unit tests only (tests/unit: no servers, no whole-flow runs)
 test-fast: $(VENV)/.installed
