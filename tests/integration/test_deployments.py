@@ -24,8 +24,6 @@ def client_env(server: dict[str, str]) -> dict[str, str]:
             "PYTHON": str(VENV_BIN / "python"), "PREFECT": str(VENV_BIN / "prefect")}
 
 
-
-
 @pytest.fixture(scope="module")
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real server set up by deploy/setup.sh (pools, gpu limit, blocks, `prefect deploy --all`)."""

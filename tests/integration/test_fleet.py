@@ -42,8 +42,6 @@ def env_for(server: dict[str, str]) -> dict[str, str]:
             "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)}
 
 
-
-
 def cli(server: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", "from flows.cli import main; main()", *args], cwd=cwd,
                           env=env_for(server), capture_output=True, text=True, timeout=200)

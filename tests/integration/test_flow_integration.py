@@ -28,8 +28,6 @@ def _run_flow(env: dict[str, str], model: Path, store: Path, reports: Path) -> s
     )
 
 
-
-
 def test_flow_runs_end_to_end_and_reuses_cache(server: dict[str, str], tiny_model: Path, tmp_path: Path) -> None:
     store, reports = tmp_path / "store", tmp_path / "reports"
     earlier = {r["id"] for r in prefect_api(server, "/flow_runs/filter", {})}  # other tests' runs on this server

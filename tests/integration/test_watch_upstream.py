@@ -72,8 +72,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]
         yield env
 
 
-
-
 def watch(server: dict[str, str], hub: FakeHub, store: Path, model: str = MODEL) -> subprocess.CompletedProcess:
     """One run of the watcher flow, as the hourly deployment would run it."""
     return subprocess.run([sys.executable, "-m", "flows.cli", "watch", "--model", model, "--store", str(store)],
