@@ -177,10 +177,11 @@ def test_a_fleet_runs_every_model_on_every_gpu_queue_survives_a_killed_worker_an
     }))
     reports = tmp_path / "reports"
     started = time.monotonic()
-    with subprocess.Popen([sys.executable, "-c", "from flows.cli import main; main()", "fleet", str(fleet_file),
-                           "--key", "k1", "--timeout-s", "300", "--poll-s", "2", "--reports", str(reports)],
-                          cwd=tmp_path, env=env_for(server), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True) as fleet:
+    out, err = tmp_path / "fleet.out", tmp_path / "fleet.err"  # files: a full pipe would block the fleet meanwhile
+    with out.open("w") as stdout_file, err.open("w") as stderr_file, subprocess.Popen(
+            [sys.executable, "-c", "from flows.cli import main; main()", "fleet", str(fleet_file), "--key", "k1",
+             "--timeout-s", "300", "--poll-s", "2", "--reports", str(reports)],
+            cwd=tmp_path, env=env_for(server), stdout=stdout_file, stderr=stderr_file) as fleet:
         # gpu-a's machine fails while it runs held-mr: its worker and that run die without a word
         pid_file = hold / "pid-none"
         deadline = time.monotonic() + 150
@@ -191,8 +192,9 @@ def test_a_fleet_runs_every_model_on_every_gpu_queue_survives_a_killed_worker_an
         wait_until_final(server, "gpu-a", but="held-model")  # it is gpu-a's only run (started last)
         fleet_server.kill_worker("gpu-a", int(pid_file.read_text()))
         killed_after_s = time.monotonic() - started
-        stdout, stderr = fleet.communicate(timeout=360)
+        fleet.wait(timeout=360)
     first_s = time.monotonic() - started
+    stdout, stderr = out.read_text(), err.read_text()
     output = " ".join((stdout + stderr).split())
     assert fleet.returncode == 1, output[-4000:]  # the fleet ran, and some children did not complete
     assert "broken-ta on gpu-a-sm90: failed" in output and "held-mr on gpu-a-sm90: failed" in output
