@@ -28,7 +28,8 @@ def client_env(server: dict[str, str]) -> dict[str, str]:
 def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """A real server set up by deploy/setup.sh (pools, gpu limit, blocks, `prefect deploy --all`)."""
     with prefect_server(tmp_path_factory.mktemp("prefect-home")) as server:
-        result = subprocess.run(["bash", "deploy/setup.sh"], cwd=REPO_ROOT, env=client_env(server), capture_output=True,
+        result = subprocess.run(["bash", "deploy/setup.sh"], cwd=REPO_ROOT,
+                                env={**client_env(server), "GPU_QUEUES": "default h100"}, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
         yield {**server, "setup_log": result.stdout}
@@ -81,7 +82,7 @@ def test_setup_registers_pools_limit_and_all_deployments(deployed: dict[str, str
     # one prod run at a time per GPU queue (not per deployment: a fleet's GPU types build in parallel)
     assert prod.get("concurrency_limit") is None
     queues = prefect_api(deployed, "/work_pools/gpu-pool/queues/filter")
-    assert {q["name"]: q["concurrency_limit"] for q in queues} == {"default": 1}
+    assert {q["name"]: q["concurrency_limit"] for q in queues} == {"default": 1, "h100": 1}  # one made, one set
     limits = {c["tag"]: c["concurrency_limit"] for c in prefect_api(deployed, "/concurrency_limits/filter")}
     assert limits == {"gpu": 1}
     if (REPO_ROOT / "deploy" / "register_blocks.py").is_file():
