@@ -44,7 +44,7 @@ def error_of(data: Any) -> str:
 
 def test_the_example_fleet_file_is_valid_and_names_the_indicwav2vec_models() -> None:
     spec = load_fleet_file(REPO_ROOT / "deploy" / "fleet.example.yaml")
-    assert [m.language for m in spec.models] == ["hi", "bn", "ta"]
+    assert [m.language for m in spec.models] == ["hi", "bn", "or"]
     assert all(m.model.startswith("ai4bharat/indicwav2vec") for m in spec.models)
     assert len(spec.children()) == len(spec.models) * len(spec.gpu_types)
 
