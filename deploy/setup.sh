@@ -48,7 +48,7 @@ say "automation: crash flow runs whose heartbeats stopped (deploy/automations/cr
 for automation in deploy/automations/*.yaml; do
   name=$("$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["name"])' "$automation")
   if "$PREFECT" automation inspect "$name" >/dev/null 2>&1; then
-    echo "automation $name exists"
+    echo "automation $name exists (to apply a changed file: prefect automation delete $name, then run this again)"
   else
     "$PREFECT" automation create --from-file "$automation"
   fi
