@@ -125,12 +125,12 @@ def main() -> None:
 
 
 def _table(rows: list[dict], eval_set: EvalSet, audio_s: float, torch_version: str) -> str:
-    header = list(rows[0])
+    from asr_optimize.loadtest.charts import markdown_table
+
     return "\n".join([
         f"Dask evaluation on {platform.node()} ({os.cpu_count()} CPU cores, {platform.machine()}), torch "
-        f"{torch_version}: {len(eval_set)} utterances, {audio_s / 60:.1f} min, PyTorch eager fp32 on CPU",
-        "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-        *("| " + " | ".join(str(r[k]) for k in header) + " |" for r in rows)])
+        f"{torch_version}: {len(eval_set)} utterances, {audio_s / 60:.1f} min, PyTorch eager fp32 on CPU", "",
+        markdown_table(rows, [(k, k) for k in rows[0]])])
 
 
 if __name__ == "__main__":

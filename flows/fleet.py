@@ -233,13 +233,13 @@ def asr_optimize_fleet(
 ) -> FleetReport:
     """Run the asr-optimize deployment for every (model, GPU type) of a fleet file and report on all of them."""
     spec = load_spec(fleet)
+    target = deployment or spec.deployment or defaults.FLEET_DEPLOYMENT
     if only_models:
         picked = spec.only(only_models, revision)
         if not picked:
             get_logger().info("fleet: %s is not in the fleet; nothing to run", ", ".join(only_models))
-            return FleetReport(fleet_key=key or "", deployment=deployment or spec.deployment or "", rows=[])
+            return FleetReport(fleet_key=key or "", deployment=target, rows=[])
         spec = spec.model_copy(update={"models": picked})
-    target = deployment or spec.deployment or defaults.FLEET_DEPLOYMENT
     run_name = current_run.get_name() or datetime.now(UTC).strftime("fleet-%Y%m%d-%H%M%S")
     fleet_key = key or current_run.get_id() or run_name
     get_logger().info("fleet %s: %d models x %d GPU types on %s", fleet_key, len(spec.models), len(spec.gpu_types),
